@@ -1,0 +1,7 @@
+"""dbprobe: database and connection-pool performance probes for SQLAlchemy and PostgreSQL."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
