@@ -49,7 +49,9 @@ class DatabaseTarget:
         if self.user:
             userinfo = urllib.parse.quote(self.user, safe="")
             if password is not None:
-                userinfo += ":" + urllib.parse.quote(password, safe="")
+                userinfo += ":" + (
+                    MASK if password is MASK else urllib.parse.quote(password, safe="")
+                )
             userinfo += "@"
         host = self.host or ""
         if host.startswith("/"):
