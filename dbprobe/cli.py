@@ -23,6 +23,7 @@ from dbprobe.urls import mask_secrets
 # name -> "module:attribute"; imported only when the command runs (or for --help).
 COMMANDS: dict[str, str] = {
     "demo": "dbprobe.commands.demo:demo",
+    "pool": "dbprobe.commands.pool:pool",
 }
 
 
