@@ -49,7 +49,9 @@ class DatabaseTarget:
         if self.user:
             userinfo = urllib.parse.quote(self.user, safe="")
             if password is not None:
-                userinfo += ":" + urllib.parse.quote(password, safe="")
+                userinfo += ":" + (
+                    MASK if password is MASK else urllib.parse.quote(password, safe="")
+                )
             userinfo += "@"
         host = self.host or ""
         if host.startswith("/"):
@@ -174,16 +176,14 @@ def parse_url(url: str) -> DatabaseTarget:
             raise BadUrlError(f"malformed database URL: port {raw!r} is not a number") from None
     if port is not None and not 0 < port < 65536:
         raise BadUrlError(f"malformed database URL: port {port} out of range")
-    user = urllib.parse.unquote(parts.username) if parts.username else query.pop("user", None)
-    password = (
-        urllib.parse.unquote(parts.password)
-        if parts.password is not None
-        else query.pop("password", None)
+    q_user, q_password, q_db = (
+        query.pop("user", None),
+        query.pop("password", None),
+        query.pop("dbname", None),
     )
-    database = urllib.parse.unquote(parts.path.lstrip("/")) or query.pop("dbname", None)
-    query.pop("user", None)
-    query.pop("password", None)
-    query.pop("dbname", None)
+    user = urllib.parse.unquote(parts.username) if parts.username else q_user
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else q_password
+    database = urllib.parse.unquote(parts.path.lstrip("/")) or q_db
     if "ssl" in query and "sslmode" not in query:  # asyncpg spelling
         query["sslmode"] = query.pop("ssl")
     return DatabaseTarget(

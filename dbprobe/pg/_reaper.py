@@ -1,0 +1,96 @@
+"""Watchdog that cleans up throwaway servers when the process that started them dies.
+
+Run as a separate process (standard library only, no dbprobe imports) with its stdin
+connected to a pipe held by the parent. The parent registers resources line by line:
+
+    pid <pid> <starttime>     a postmaster to stop (starttime from /proc/<pid>/stat)
+    dir <path>                a directory to remove
+    dropdb <name> <dsn>       a database to drop on a user-supplied server
+    un<kind> <key>            the parent cleaned it up itself
+
+When stdin reaches end of file (normal exit, crash, SIGKILL of the parent), anything
+still registered is cleaned up: postmasters get SIGQUIT (immediate shutdown), then
+SIGKILL on their process group; directories are removed; databases dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+
+
+def _starttime(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # field 22 (starttime), counted after the parenthesised command name
+    return data.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str) -> bool:
+    return _starttime(pid) == start
+
+
+def _stop(pid: int, start: str) -> None:
+    if not _alive(pid, start):
+        return
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except OSError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid, start):
+        time.sleep(0.02)
+    if _alive(pid, start):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _dropdb(name: str, dsn: str) -> None:
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception as exc:
+        print(f"dbprobe reaper: could not drop database {name}: {exc}", file=sys.stderr)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
+    pids: dict[str, str] = {}
+    dirs: dict[str, None] = {}
+    dbs: dict[str, str] = {}
+    for raw in sys.stdin:
+        kind, _, rest = raw.rstrip("\n").partition(" ")
+        if kind == "pid":
+            pid, _, start = rest.partition(" ")
+            pids[pid] = start
+        elif kind == "unpid":
+            pids.pop(rest, None)
+        elif kind == "dir":
+            dirs[rest] = None
+        elif kind == "undir":
+            dirs.pop(rest, None)
+        elif kind == "dropdb":
+            name, _, dsn = rest.partition(" ")
+            dbs[name] = dsn
+        elif kind == "undropdb":
+            dbs.pop(rest, None)
+    for pid, start in pids.items():
+        _stop(int(pid), start)
+    for name, dsn in dbs.items():
+        _dropdb(name, dsn)
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

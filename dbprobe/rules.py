@@ -1,0 +1,78 @@
+"""The rule registry: stable ids, default severities, titles and docs pages.
+
+An id, once released, is never reused for something else. Every rule has
+``docs/rules/<id>.md``; tests check that the page exists for every id here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from dbprobe.report.model import Finding, Severity
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A check with a stable kebab-case id."""
+
+    id: str
+    severity: Severity
+    title: str
+
+    @property
+    def docs(self) -> str:
+        """Path of the rule's page, relative to the repository root."""
+        return f"docs/rules/{self.id}.md"
+
+    def finding(
+        self,
+        message: str,
+        recommendation: str,
+        *,
+        severity: Severity | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Finding:
+        """A finding of this rule; severity defaults to the rule's."""
+        return Finding(
+            rule=self.id,
+            severity=severity or self.severity,
+            message=message,
+            recommendation=recommendation,
+            evidence=dict(evidence or {}),
+            **fields,
+        )
+
+
+_RULES = [
+    Rule("n-plus-one", Severity.ERROR, "Same statement run once per parent row"),
+    Rule("redundant-query", Severity.WARNING, "Same statement with the same parameters run again"),
+    Rule("unindexed-lookup", Severity.ERROR, "A large relation scanned to find a few rows"),
+    Rule("fk-missing-index", Severity.WARNING, "Foreign key columns lead no index"),
+    Rule("duplicate-index", Severity.WARNING, "Index whose work another index already does"),
+    Rule("unused-index", Severity.INFO, "Index never scanned since statistics were reset"),
+    Rule("seq-scan-heavy-table", Severity.WARNING, "Large table read mostly by sequential scans"),
+    Rule("pool-exhaustion", Severity.ERROR, "Pool cannot serve the load without timeouts"),
+    Rule("connection-leak", Severity.ERROR, "Connections checked out and never returned"),
+    Rule("slow-cold-start", Severity.WARNING, "Connection establishment slower than threshold"),
+]
+
+RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+
+def register(rule: Rule) -> Rule:
+    """Add a rule (idempotent for the same definition)."""
+    existing = RULES.get(rule.id)
+    if existing is not None and existing != rule:
+        raise ValueError(f"rule id {rule.id!r} is already registered differently")
+    RULES[rule.id] = rule
+    return rule
+
+
+def rule(rule_id: str) -> Rule:
+    try:
+        return RULES[rule_id]
+    except KeyError:
+        raise KeyError(f"unknown rule id {rule_id!r}") from None
