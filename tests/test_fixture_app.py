@@ -785,19 +785,25 @@ def test_async_scenario_over_asyncpg(pg: Any, shop_db: str, name: str) -> None:
     assert scenario.async_fn is not None
     async_fn: Callable[..., Any] = scenario.async_fn
 
-    async def run() -> tuple[list[Any], list[Any]]:
+    async def run() -> tuple[list[Any], list[list[Executed]]]:
         engine = create_async_engine(pg.async_url(shop_db))
+        outputs, logs = [], []
         try:
-            with recording(engine.sync_engine) as log:
-                async with AsyncSession(engine) as session:
-                    outputs = [await async_fn(session, random.Random(9)) for _ in range(3)]
-            return outputs, log
+            async with AsyncSession(engine) as session:
+                for _ in range(3):
+                    with recording(engine.sync_engine) as log:
+                        outputs.append(await async_fn(session, random.Random(9)))
+                    logs.append(log)
+            return outputs, logs
         finally:
             await engine.dispose()
 
-    outputs, log = asyncio.run(run())
+    outputs, logs = asyncio.run(run())
     assert len(outputs) == 3
-    assert log
+    for log in logs:
+        assert log
+        repeated = Counter(e.statement for e in _selects(log))
+        assert max(repeated.values()) == 1, repeated.most_common(1)
     if not scenario.writes:
         assert outputs[0] == outputs[1] == outputs[2]
         sync_engine = create_engine(pg.url(shop_db))
