@@ -51,6 +51,7 @@ _LIBRARY_DIRS = tuple(
 )
 _DBPROBE_DIR = str(Path(__file__).resolve().parent.parent)
 _MAX_STACK = 16
+_LIBRARY_CONTEXT = 3
 
 
 def _is_library(filename: str) -> bool:
@@ -168,10 +169,14 @@ class LeakScope:
 
     def _leak(self, c: _Checkout, now: float) -> CheckoutLeak:
         pid, in_tx = connection_state(c.connection)
-        app = next((f for f in c.frames if not _is_library(f[0])), None)
-        shown = [f for f in c.frames if not f[0].startswith("<")][:_MAX_STACK]
+        frames = [f for f in c.frames if not f[0].startswith("<")]
+        at = next((i for i, f in enumerate(frames) if not _is_library(f[0])), None)
+        app = frames[at] if at is not None else None
+        # A few library frames inside the application frame, then outwards from it.
+        first = max(0, (at or 0) - _LIBRARY_CONTEXT)
+        shown = frames[first : first + _MAX_STACK]
         location = f"{_relative(app[0])}:{app[1]}" if app else None
-        code = linecache.getline(app[0], app[1]).strip() or None if app else None
+        code = (linecache.getline(app[0], app[1]).strip() or None) if app else None
         return CheckoutLeak(
             pool=self.pool,
             location=location,
