@@ -102,7 +102,8 @@ class AsyncPoolAdapter:
     async def open(self) -> None:
         raise NotImplementedError
 
-    async def acquire(self) -> Any:
+    async def acquire(self, timeout: float | None = None) -> Any:
+        """A connection; ``timeout`` (seconds) overrides the pool's for this call."""
         raise NotImplementedError
 
     async def release(self, conn: Any) -> None:
@@ -156,7 +157,7 @@ class SqlalchemyAsyncAdapter(AsyncPoolAdapter):
     def handle(self) -> Any:
         return self.engine
 
-    async def acquire(self) -> Any:
+    async def acquire(self, timeout: float | None = None) -> Any:
         return await self.engine.connect()
 
     async def release(self, conn: Any) -> None:
@@ -214,8 +215,8 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
     def handle(self) -> Any:
         return self.pool
 
-    async def acquire(self) -> Any:
-        return await self.pool.getconn()
+    async def acquire(self, timeout: float | None = None) -> Any:
+        return await self.pool.getconn(timeout)
 
     async def release(self, conn: Any) -> None:
         await self.pool.putconn(conn)
@@ -271,8 +272,8 @@ class AsyncpgAdapter(AsyncPoolAdapter):
     def handle(self) -> Any:
         return self.pool
 
-    async def acquire(self) -> Any:
-        return await self.pool.acquire(timeout=self.config.timeout_s)
+    async def acquire(self, timeout: float | None = None) -> Any:
+        return await self.pool.acquire(timeout=timeout or self.config.timeout_s)
 
     async def release(self, conn: Any) -> None:
         try:
@@ -596,7 +597,7 @@ class AsyncDriver:
         try:
             for _ in range(self.config.size):
                 try:
-                    held.append(await adapter.acquire())
+                    held.append(await adapter.acquire(self.config.connect_timeout_s))
                 except Exception as exc:
                     kind = classify_acquire(exc)
                     failures[kind] = failures.get(kind, 0) + 1
@@ -607,7 +608,7 @@ class AsyncDriver:
             for conn in held:
                 await adapter.release(conn)
         if not adapter.pool_level:
-            conn = await adapter.acquire()
+            conn = await adapter.acquire(self.config.connect_timeout_s)
             try:
                 await adapter.run(conn)
             finally:

@@ -88,7 +88,8 @@ class PoolAdapter:
     def open(self) -> None:
         raise NotImplementedError
 
-    def acquire(self) -> Any:
+    def acquire(self, timeout: float | None = None) -> Any:
+        """A connection; ``timeout`` (seconds) overrides the pool's for this call."""
         raise NotImplementedError
 
     def release(self, conn: Any) -> None:
@@ -142,7 +143,7 @@ class SqlalchemyAdapter(PoolAdapter):
     def handle(self) -> Any:
         return self.engine
 
-    def acquire(self) -> Any:
+    def acquire(self, timeout: float | None = None) -> Any:
         return self.engine.connect()
 
     def release(self, conn: Any) -> None:
@@ -200,8 +201,8 @@ class PsycopgAdapter(PoolAdapter):
     def handle(self) -> Any:
         return self.pool
 
-    def acquire(self) -> Any:
-        return self.pool.getconn()
+    def acquire(self, timeout: float | None = None) -> Any:
+        return self.pool.getconn(timeout)
 
     def release(self, conn: Any) -> None:
         self.pool.putconn(conn)
@@ -510,7 +511,7 @@ class Driver:
         try:
             for _ in range(self.config.size):
                 try:
-                    held.append(adapter.acquire())
+                    held.append(adapter.acquire(self.config.connect_timeout_s))
                 except Exception as exc:
                     kind = classify_acquire(exc)
                     failures[kind] = failures.get(kind, 0) + 1
@@ -521,7 +522,7 @@ class Driver:
             for conn in held:
                 adapter.release(conn)
         if not adapter.pool_level:
-            conn = adapter.acquire()
+            conn = adapter.acquire(self.config.connect_timeout_s)
             try:
                 adapter.run(conn)
             finally:

@@ -211,14 +211,18 @@ class StepResult:
     throughput: per-interval completion rates (q/s) and throughput_qps the whole
     window's; acquire_wait / query_latency / response_time in ms (response time from
     the request's start, or from its scheduled start in open loop); lag: open-loop start
-    delay behind schedule (ms); timeouts: clean acquire timeouts; timeout_wait: how long
-    those waited (ms); errors: other failures by kind; client_cpu: this process's CPU
-    time over wall time (1.0 = one core); host_cpu_busy: share of all the machine's cores
-    busy (this process, a local server, anything else); interval_*: per-interval medians
-    (ms) for trend tests; late: open-loop requests that started more than one ``timeout`` behind
-    schedule; backlog: scheduled requests not started when the window closed;
+    delay behind schedule (ms); timeouts: clean acquire timeouts, by the pool's error in
+    timeout_kinds (``sqlalchemy-queuepool-timeout`` for "QueuePool limit … reached",
+    ``psycopg-pool-timeout`` for ``PoolTimeout``, ``asyncpg-acquire-timeout``);
+    timeout_wait: how long those waited (ms); errors: other failures by kind
+    (``too-many-clients``, ``connection-lost``...); client_cpu: this process's CPU time
+    over wall time (1.0 = one core); host_cpu_busy: share of all the machine's cores busy
+    (this process, a local server, anything else); interval_*: per-interval medians (ms)
+    for trend tests; late: open-loop requests that started more than one ``timeout``
+    behind schedule; backlog: scheduled requests not started when the window closed;
     unfinished_workers: workers still busy after the drain cap; server_backends: the
-    pool's sessions on the server near the end of the window.
+    pool's sessions on the server near the end of the window; pool_stats: the pool's own
+    statistics for the step (psycopg_pool ``pop_stats()``; current sizes for the others).
     """
 
     concurrency: int
@@ -244,6 +248,7 @@ class StepResult:
     server_backends: int | None = None
     pool_stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     host_cpu_busy: float | None = None
+    timeout_kinds: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def to_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -257,6 +262,7 @@ class StepResult:
             "query_latency": self.query_latency,
             "response_time": self.response_time,
             "timeouts": self.timeouts,
+            "timeout_kinds": dict(self.timeout_kinds),
             "timeout_wait": self.timeout_wait,
             "errors": dict(self.errors),
             "client_cpu": round(self.client_cpu, 4),
@@ -348,6 +354,7 @@ def summarise(
             interval_responses[b].append(response)
     timeouts = 0
     timeout_waits: list[float] = []
+    timeout_kinds: dict[str, int] = {}
     errors: dict[str, int] = {}
     for rec in recorders:
         for f0, f1, kind in zip(rec.fail_start, rec.fail_end, rec.fail_kind, strict=True):
@@ -356,6 +363,7 @@ def summarise(
             if kind in TIMEOUT_KINDS:
                 timeouts += 1
                 timeout_waits.append((f1 - f0) * 1000.0)
+                timeout_kinds[kind] = timeout_kinds.get(kind, 0) + 1
             else:
                 errors[kind] = errors.get(kind, 0) + 1
     completed = len(waits)
@@ -383,4 +391,5 @@ def summarise(
         server_backends=server_backends,
         pool_stats=dict(pool_stats or {}),
         host_cpu_busy=host_cpu_busy,
+        timeout_kinds=timeout_kinds,
     )

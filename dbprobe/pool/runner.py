@@ -24,7 +24,7 @@ from dbprobe.errors import ConnectError, DbprobeError, UsageError
 from dbprobe.pool import _async, _sync
 from dbprobe.pool.config import ASYNC_KINDS, POOL_CLASSES, StressConfig, Workload, parse_pools
 from dbprobe.pool.control import ProgressFn, RunControl
-from dbprobe.pool.failures import FATAL_KINDS, classify_acquire
+from dbprobe.pool.failures import FATAL_KINDS, classify_acquire, is_timeout
 from dbprobe.pool.results import PoolRun
 from dbprobe.pool.server import ServerFacts, ServerMonitor
 from dbprobe.report.model import Finding, Report, Target
@@ -107,6 +107,11 @@ def run_pool(
         raise
     except Exception as exc:
         failure = classify_acquire(exc)
+        if is_timeout(failure):
+            raise ConnectError(
+                f"{kind} pool: no connection within {config.connect_timeout_s:g}s while "
+                "opening the pool"
+            ) from None
         if failure in _CONNECT_KINDS or isinstance(exc, OSError):
             raise ConnectError(f"{kind} pool: {connect_error(exc, target)}") from None
         raise UsageError(
@@ -225,7 +230,7 @@ def stress(
     unsupported = [k for k in kinds if not workload.supports(k)]
     if unsupported:
         raise UsageError(
-            f"the workload {workload.name!r} has no form for: {', '.join(unsupported)}"
+            f"the workload {workload.name!r} has no form for pool(s): {', '.join(unsupported)}"
         )
     target = parse_url(url) if isinstance(url, str) else url
     t0 = time.perf_counter()
