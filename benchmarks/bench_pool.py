@@ -7,8 +7,10 @@ counts as the physical reference — all in one run, on one throwaway server.
 
 Workload: ``SELECT abalance FROM pgbench_accounts WHERE aid = 42`` (select-only, like
 ``pgbench -S``) on a ``pgbench -i -s 1`` database over TCP; pool size = workers,
-overflow 0, one transaction per request (as ``pool.connection()`` / ``engine.begin()``
-do; asyncpg runs in autocommit). Rounds interleave harness and bare (order alternating
+overflow 0, acquire timeout 30 s, one transaction per request (as ``pool.connection()``
+/ ``engine.begin()`` do; asyncpg runs in autocommit). The bare loops configure their
+pools exactly like the harness (an asyncpg acquire with a timeout costs a task per
+call: both pay it). Rounds interleave harness and bare (order alternating
 per round) so drift on a shared machine hits both. Budget: harness ≥ 0.9 × bare.
 """
 
@@ -222,9 +224,11 @@ async def _bare_async(
         server_settings={"application_name": "dbprobe-bench-bare"},
     )
 
+    timeout = _config(workers, seconds).timeout_s  # the harness's pools have a timeout too
+
     async def ap_loop(i: int, counts: list[int], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            async with apool.acquire() as conn:
+            async with apool.acquire(timeout=timeout) as conn:
                 await conn.fetch(SQL)
             counts[i] += 1
 

@@ -547,17 +547,18 @@ class AsyncDriver:
             opened = True
             self.result.warmup = await self.warm_up()
             for concurrency in cfg.concurrency_levels:
-                if self.stopping():
+                if await self.stopping():
                     break
                 self.result.steps.append(await self.closed_step(concurrency))
             for rate in cfg.rates:
-                if self.stopping():
+                if await self.stopping():
                     break
                 self.result.steps.append(await self.open_step(rate, cfg.top_concurrency))
-            if cfg.spike_requests and not self.stopping():
+            if cfg.spike_requests and not await self.stopping():
                 self.result.spike = await self.spike(cfg.spike_requests)
-            if cfg.soak_s and not self.stopping():
+            if cfg.soak_s and not await self.stopping():
                 self.result.soak = await self.soak(cfg.soak_s)
+            await self.stopping()
         finally:
             self.control.stop = True
             if opened:
@@ -579,8 +580,11 @@ class AsyncDriver:
     def aborted(self) -> bool:
         return self.control.abort is not None
 
-    def stopping(self) -> bool:
+    async def stopping(self) -> bool:
+        """Whether to stop before the next phase (server gone, time cap)."""
         control = self.control
+        if control.suspect is not None and control.abort is None:
+            await self.check_server()
         if control.abort is None and control.out_of_time:
             self.result.stopped_early = "the total time cap was reached"
             return True
@@ -746,24 +750,28 @@ class AsyncDriver:
         workers = AWorkers()
         prober = AWorkers()
         threshold_s = self.probe_threshold_s()
-        for rec in recorders:
-            workers.spawn(one_shot_worker, adapter, rec, control, go, flags, cfg.think_s)
-        prober.spawn(probe_worker, adapter, probe, control, go, flags, threshold_s)
-        ready_by = clock() + 5.0
-        while len(flags.ready) < requests and clock() < ready_by:
-            await asleep(0.002)
-        cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
-        fired = clock()
-        flags.deadline = fired + cap
-        go.set()
         label = f"{adapter.kind} spike of {requests}"
+        unfinished = 0
+        backends: int | None = None
+        fired = clock()
         try:
+            for rec in recorders:
+                workers.spawn(one_shot_worker, adapter, rec, control, go, flags, cfg.think_s)
+            prober.spawn(probe_worker, adapter, probe, control, go, flags, threshold_s)
+            ready_by = clock() + 5.0
+            while len(flags.ready) < requests and clock() < ready_by:
+                await asleep(0.002)
+            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            fired = clock()
+            flags.deadline = fired + cap
+            go.set()
             unfinished = await workers.join(cap)
             flags.done = True
             backends = await self.backends() if control.abort is None else None
             await prober.join(cap)
         finally:
             control.stop = True
+            go.set()  # workers still at the start line see the stop and leave
             await workers.cancel()
             await prober.cancel()
         if self.progress is not None:

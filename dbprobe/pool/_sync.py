@@ -472,6 +472,7 @@ class Driver:
                 self.result.spike = self.spike(cfg.spike_requests)
             if cfg.soak_s and (not self.stopping()):
                 self.result.soak = self.soak(cfg.soak_s)
+            self.stopping()
         finally:
             self.control.stop = True
             if opened:
@@ -494,7 +495,10 @@ class Driver:
         return self.control.abort is not None
 
     def stopping(self) -> bool:
+        """Whether to stop before the next phase (server gone, time cap)."""
         control = self.control
+        if control.suspect is not None and control.abort is None:
+            self.check_server()
         if control.abort is None and control.out_of_time:
             self.result.stopped_early = "the total time cap was reached"
             return True
@@ -660,24 +664,28 @@ class Driver:
         workers = Workers()
         prober = Workers()
         threshold_s = self.probe_threshold_s()
-        for rec in recorders:
-            workers.spawn(one_shot_worker, adapter, rec, control, go, flags, cfg.think_s)
-        prober.spawn(probe_worker, adapter, probe, control, go, flags, threshold_s)
-        ready_by = clock() + 5.0
-        while len(flags.ready) < requests and clock() < ready_by:
-            sleep(0.002)
-        cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
-        fired = clock()
-        flags.deadline = fired + cap
-        go.set()
         label = f"{adapter.kind} spike of {requests}"
+        unfinished = 0
+        backends: int | None = None
+        fired = clock()
         try:
+            for rec in recorders:
+                workers.spawn(one_shot_worker, adapter, rec, control, go, flags, cfg.think_s)
+            prober.spawn(probe_worker, adapter, probe, control, go, flags, threshold_s)
+            ready_by = clock() + 5.0
+            while len(flags.ready) < requests and clock() < ready_by:
+                sleep(0.002)
+            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            fired = clock()
+            flags.deadline = fired + cap
+            go.set()
             unfinished = workers.join(cap)
             flags.done = True
             backends = self.backends() if control.abort is None else None
             prober.join(cap)
         finally:
             control.stop = True
+            go.set()
             workers.cancel()
             prober.cancel()
         if self.progress is not None:
