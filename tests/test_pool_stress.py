@@ -205,13 +205,14 @@ def test_scenario_workload_runs_a_shop_flow(pg: PostgresServer, shop_db: str) ->
     from probes.shop import SCENARIOS
 
     workload = Workload.from_scenario(SCENARIOS["browse_catalogue"], seed=1)
-    config = fast(steps=(1, 2), spike=0)
+    config = fast(steps=(1, 2), spike=0, step_seconds=0.5, timeout_s=5.0)
     doc = checked(
         stress(pg.dsn(shop_db), "sqlalchemy,sqlalchemy-async", config=config, workload=workload)
     )
     for kind in ("sqlalchemy", "sqlalchemy-async"):
         steps = doc["metrics"]["pool"][kind]["steps"]
-        assert all(s["completed"] > 0 and not s["errors"] for s in steps)
+        seen = [(s["concurrency"], s["completed"], s["errors"], s["timeouts"]) for s in steps]
+        assert all(s["completed"] > 0 and not s["errors"] for s in steps), seen
     with pytest.raises(Exception, match="no form for pool"):
         stress(pg.dsn(shop_db), "asyncpg", config=config, workload=workload)
 
