@@ -2,7 +2,7 @@
 same pool, at 1, 4 and 16 workers, with ``pgbench -S -M prepared`` at the same client
 counts as the physical reference — all in one run, on one throwaway server.
 
-    python benchmarks/bench_pool.py [--rounds 7] [--seconds 1.5] [--workers 1,4,16]
+    python benchmarks/bench_pool.py [--rounds 12] [--seconds 0.6] [--workers 1,4,16]
                                     [--pools all] [--provider local] [--json out.json]
 
 Workload: ``SELECT abalance FROM pgbench_accounts WHERE aid = 42`` (select-only, like
@@ -308,8 +308,8 @@ def recording_cost_ns(iterations: int = 200_000) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=0.6)
     parser.add_argument("--workers", default="1,4,16")
     parser.add_argument("--pools", default="all")
     parser.add_argument("--provider", default=None)
