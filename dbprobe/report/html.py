@@ -185,12 +185,11 @@ def plan_text(plan: Any) -> str | None:
 def plan_excerpt(evidence: Mapping[str, Any]) -> str | None:
     """Every plan in a finding's evidence (keys containing ``plan``), as text."""
     parts = []
-    for key, value in evidence.items():
-        if "plan" not in key.lower():
-            continue
-        text = plan_text(value)
+    keys = [k for k in evidence if "plan" in k.lower()]
+    for key in keys:
+        text = plan_text(evidence[key])
         if text:
-            parts.append(f"-- {key}\n{text}" if len(evidence) > 1 else text)
+            parts.append(f"-- {key}\n{text}" if len(keys) > 1 else text)
     return "\n\n".join(parts) or None
 
 

@@ -150,7 +150,7 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
         tables.append(
             (
                 "COLD START (ms; phases at p50)",
-                ["driver", *phases, "total p50", "p95", "p99", "n"],
+                ["driver", *phases, "total\np50", "total\np95", "total\np99", "n"],
                 rows,
             )
         )
@@ -177,16 +177,16 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             (
                 f"POOL {pool.name} (acquire wait and query latency in ms)",
                 [
-                    "conc",
+                    "workers",
                     "q/s",
-                    "acq p50",
-                    "acq p95",
-                    "acq p99",
-                    "query p50",
-                    "query p95",
+                    "acquire\np50",
+                    "acquire\np95",
+                    "acquire\np99",
+                    "query\np50",
+                    "query\np95",
                     "timeouts",
                     "errors",
-                    "cpu",
+                    "client\nCPU",
                 ],
                 rows,
             )
@@ -224,13 +224,17 @@ def render_table(report: Report) -> str:
             lines += _finding_lines(f, width)
     for title, headers, rows in metrics_tables(data):
         lines += ["", title]
-        text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+        align = ("left",) + ("right",) * (len(headers) - 1)
+        text = tabulate(
+            rows, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align
+        )
         if max(len(line) for line in text.splitlines()) > width:
             text = tabulate(
                 rows,
                 headers=headers,
                 tablefmt="simple",
                 disable_numparse=True,
+                colalign=align,
                 maxcolwidths=[max(12, width - 60)] + [None] * (len(headers) - 1),
             )
         lines.append(text)
@@ -331,7 +335,7 @@ def render_markdown(report: Report) -> str:
         out += ["<details>", "<summary>Metrics</summary>", ""]
         for title, headers, rows in tables:
             out += [f"**{title.capitalize()}**", ""]
-            out.append("| " + " | ".join(headers) + " |")
+            out.append("| " + " | ".join(h.replace("\n", " ") for h in headers) + " |")
             out.append("|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|")
             for row in rows:
                 cells = [f"`{row[0]}`", *row[1:]] if title == "METRICS" else row
