@@ -23,7 +23,7 @@ from dbprobe.pg import PostgresServer
 from dbprobe.report.model import Distribution, Report, Target
 from dbprobe.rules import RULES
 
-INTERVAL_S = 0.05
+INTERVAL_S = 0.025
 
 
 def _ms(seconds: float) -> float:
