@@ -49,6 +49,12 @@ def _row(c: MetricChange) -> list[str]:
 
 
 HEADERS = ["verdict", "metric", "stat", "base→new", "change", "95% CI", "p", "limit"]
+SECTIONS = (
+    ("regression", "REGRESSIONS"),
+    ("inconclusive", "BEYOND THE LIMIT BUT WITHIN NOISE (pass)"),
+    ("improvement", "IMPROVEMENTS"),
+    ("unchanged", "UNCHANGED"),
+)
 
 
 def _headline(cmp: Comparison) -> str:
@@ -81,6 +87,7 @@ def _finding_line(f: Finding) -> str:
 
 def render_compare_table(cmp: Comparison, *, show_all: bool = False) -> str:
     lines = [_side("base", cmp.base), _side("new ", cmp.new)]
+    lines.append("limits: " + ", ".join(cmp.checks))
     for w in cmp.warnings:
         lines.append(f"warning: {w}")
     if cmp.new_findings:
@@ -90,15 +97,19 @@ def render_compare_table(cmp: Comparison, *, show_all: bool = False) -> str:
         lines += ["", f"RESOLVED ({len(cmp.resolved)})"]
         lines += [f"  {_finding_line(f)}" for f in cmp.resolved]
     shown = cmp.changes if show_all else [c for c in cmp.changes if c.verdict != "unchanged"]
-    if shown:
-        lines += ["", "METRICS"]
+    for verdict, title in SECTIONS:
+        rows = [_row(c)[1:-1] for c in shown if c.verdict == verdict]
+        if not rows:
+            continue
+        lines += ["", f"{title} ({len(rows)})"]
         lines.append(
             tabulate(
-                [_row(c) for c in shown],
-                headers=HEADERS,
+                rows,
+                headers=HEADERS[1:-1],
                 tablefmt="simple",
                 disable_numparse=True,
-                maxcolwidths=[None, 36, None, 24, None, None, None, None],
+                colalign=("left", "left", "right", "right", "right", "right"),
+                maxcolwidths=[44, None, None, None, None, None],
             )
         )
     hidden = len(cmp.changes) - len(shown)

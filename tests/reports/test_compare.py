@@ -247,7 +247,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/2"}))
-    files = {"base": report_files[0], "bad": tmp_path / "bad.json", "other": tmp_path / "other.json"}
+    files = {
+        "base": report_files[0],
+        "bad": tmp_path / "bad.json",
+        "other": tmp_path / "other.json",
+    }
     argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
     proc = run_cli("compare", *argv, cwd=tmp_path)
     assert proc.returncode == 2
