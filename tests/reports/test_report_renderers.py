@@ -139,6 +139,9 @@ def test_sarif_validates_against_the_official_schema(
     path, line = split_location(sample_report.sorted_findings()[0].location)  # type: ignore[misc]
     assert loc["artifactLocation"] == {"uri": path, "uriBaseId": "%SRCROOT%"}
     assert loc["region"]["startLine"] == line
+    # the location is the real call site of the N+1 loop in the sample workload
+    source = (Path(__file__).parents[2] / path).read_text().splitlines()
+    assert "# the N+1" in source[line - 1]
     # catalog findings have no code location: a logical location names the table
     assert results[2]["locations"][0]["logicalLocations"][0]["name"] == "public.sample_child"
     assert all(r["ruleIndex"] == [x["id"] for x in rules].index(r["ruleId"]) for r in results)
