@@ -377,9 +377,7 @@ def test_url_provider_never_drops_a_namesake(
     monkeypatch.setenv("DBPROBE_POSTGRES_URL", pg.dsn("postgres"))
     with throwaway("url") as remote, pytest.raises(DbprobeError, match="already exists"):
         remote.create_database(precious)
-    assert pg.execute(f"SELECT count(*) FROM pg_database WHERE datname = {precious!r}") == [
-        (1,)
-    ]
+    assert pg.execute(f"SELECT count(*) FROM pg_database WHERE datname = {precious!r}") == [(1,)]
     pg.drop_database(precious)
 
 
