@@ -37,6 +37,13 @@ PROCESS_PHASES = ("interpreter", "imports", "driver_import", "connect", "first_q
 #: the pseudo-phase for the driver's own connect work beyond a minimal client
 DRIVER_CONNECT = "driver_connect"
 NOT_DRIVERS = frozenset({"tcp_floor", "protocol"})
+#: how phases read in finding messages
+PHASE_LABELS = {DRIVER_CONNECT: "the driver's own connect work"}
+
+
+def label(phase: str) -> str:
+    """A phase name as it reads in a message."""
+    return PHASE_LABELS.get(phase, phase)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +318,9 @@ def _finding(
     assert verdict.total_p50_ms is not None
     assert verdict.total_p95_ms is not None
     top = verdict.blame
-    where = f"; {top.phase} takes {top.share:.0%} of it ({top.p50_ms:.1f} ms p50)" if top else ""
+    where = (
+        f"; {label(top.phase)} takes {top.share:.0%} of it ({top.p50_ms:.1f} ms p50)" if top else ""
+    )
     if verdict.reason == "p95-over-threshold":
         n = (as_distribution(node.get("total")) or Distribution.of([])).n
         message = (
@@ -323,8 +332,8 @@ def _finding(
     else:
         assert top is not None
         message = (
-            f"{verdict.driver}: {top.phase} dominates a cold connection: {top.p50_ms:.1f} ms of "
-            f"{verdict.total_p50_ms:.1f} ms at p50 ({top.share:.0%})"
+            f"{verdict.driver}: {label(top.phase)} dominates a cold connection: "
+            f"{top.p50_ms:.1f} ms of {verdict.total_p50_ms:.1f} ms at p50 ({top.share:.0%})"
         )
         severity = Severity.INFO
     phases = {p: q for p in (*PHASES, "connect", "total") if (q := _quantiles(node.get(p)))}
@@ -520,11 +529,21 @@ def advise(
     if phase == DRIVER_CONNECT:
         gap = meta.get("connect_gap_p50_ms")
         gap_text = f" ({gap:.1f} ms p50)" if isinstance(gap, (int, float)) else ""
+        scram = ""
+        if meta.get("auth_method") == "scram-sha-256":
+            iterations = meta.get("scram_iterations") or 4096
+            scram = (
+                f" With SCRAM-SHA-256 ({iterations} iterations) most of it is the driver's "
+                "own key derivation, which is slower than one PBKDF2 call (libpq's loop in "
+                "particular) and grows with the iteration count: lower `scram_iterations` "
+                "(PostgreSQL 16+, then set the role's password again) only for a strong "
+                "password."
+            )
         return (
-            f"The driver's own work while connecting{gap_text} — its connect minus a minimal "
-            "client's DNS, TCP, TLS and start-up: option parsing, its SCRAM key derivation "
-            "(libpq's is slower than a single PBKDF2 call), event-loop transport set-up. It "
-            "is paid per connection: reuse connections." + prewarm
+            f"The driver's own work while connecting{gap_text}: its connect minus a minimal "
+            "client's DNS, TCP, TLS and start-up measured right next to it (option parsing, "
+            f"key derivation, event-loop transport set-up).{scram} It is paid per "
+            "connection: reuse connections." + prewarm
         )
     return "Reuse connections." + prewarm
 

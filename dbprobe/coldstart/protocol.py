@@ -100,16 +100,17 @@ def _ms(start_ns: int, end_ns: int) -> float:
     return (end_ns - start_ns) / _NS_PER_MS
 
 
-def tls_context(params: ConnectParams) -> ssl.SSLContext:
+def tls_context(params: ConnectParams, *, use_default_root: bool = True) -> ssl.SSLContext:
     """A client TLS context with libpq's meaning of ``sslmode`` and ALPN ``postgresql``.
 
     ``require`` verifies nothing unless a root certificate is given (then it acts as
     ``verify-ca``, as libpq does); ``verify-full`` also checks the host name.
+    use_default_root: fall back to ``~/.postgresql/root.crt`` as libpq does (default).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     root = params.sslrootcert
-    default_root = _default_root_cert()
+    default_root = _default_root_cert() if use_default_root else None
     if root is None and default_root is not None and default_root.exists():
         root = str(default_root)
     verify = params.sslmode in ("verify-ca", "verify-full") or (

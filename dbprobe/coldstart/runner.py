@@ -132,7 +132,7 @@ def explain_failure(exc: BaseException, params: ConnectParams, who: str = "") ->
     if isinstance(exc, DbprobeError):
         return exc
     target = DatabaseTarget(host=params.host, port=params.port, user=params.user)
-    if isinstance(exc, protocol.NotPostgresError):
+    if isinstance(exc, wire.ProtocolViolation):
         error = ConnectError(f"{params.where} does not speak the PostgreSQL protocol ({exc})")
     elif isinstance(exc, protocol.TlsNegotiationError):
         error = connect_error(exc, target)
@@ -500,7 +500,12 @@ def _build_metrics(
             "paired_with": "protocol",
             "samples": len(cold[name]),
             "connect_gap_p50_ms": round(gap.p50, 3),
-            "connect_gap": {"p50": round(gap.p50, 3), "p95": round(gap.p95, 3), "n": gap.n},
+            "connect_gap": {
+                "p50_ms": round(gap.p50, 3),
+                "p95_ms": round(gap.p95, 3),
+                "pairs": gap.n,
+                "what": "driver connect minus the paired protocol-client DNS+TCP+TLS+start-up",
+            },
             "phase_sum": add.to_dict() if add else None,
             "versions": probe.versions(),
             **server,
