@@ -63,7 +63,8 @@ class ColdStartOptions:
     first (default 1). warm: also measure pools (default on): ``pool_rounds`` pools per
     driver opened at ``pool_size`` (defaults 3 and 4), and ``samples`` warm checkouts.
     process: also measure fresh processes (default off): ``process_samples`` per driver
-    (default 5), importing ``imports`` first. idle_ms: a pause before every timed cold
+    (default 5), importing ``imports`` first, after one untimed process per driver
+    (``process_warmup``: warms the OS page cache). idle_ms: a pause before every timed cold
     connection (default 0: back to back). connect_timeout: seconds (default: the URL's,
     else 10). thresholds: when a cold start is slow.
     """
@@ -76,6 +77,7 @@ class ColdStartOptions:
     pool_rounds: int = 3
     process: bool = False
     process_samples: int = 5
+    process_warmup: bool = True
     imports: tuple[str, ...] = ()
     idle_ms: float = 0.0
     connect_timeout: float | None = None
@@ -378,9 +380,10 @@ def _process_rounds(
     processes: dict[str, list[process_mod.ProcessTimings]],
     say: ProgressFn,
 ) -> None:
-    total = (opts.process_samples + 1) * len(names)
+    warmups = names if opts.process_warmup else []
+    total = opts.process_samples * len(names) + len(warmups)
     done = 0
-    for name in names:  # untimed: warms the page cache for the interpreter and modules
+    for name in warmups:  # untimed: warms the page cache for the interpreter and modules
         say("fresh processes", done, total)
         process_mod.measure(params, name, opts.imports)
         done += 1

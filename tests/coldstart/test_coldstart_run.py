@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dbprobe.analysis.coldstart_verdicts import PHASES, additivity, as_distribution
+from dbprobe.analysis.coldstart_verdicts import PHASES, additivity, as_distribution, iqr
 from dbprobe.coldstart import DRIVERS, ColdStartOptions, run, sample
 from dbprobe.coldstart import protocol as cprotocol
 from dbprobe.coldstart.params import resolve
@@ -59,12 +59,14 @@ def _assert_driver_node(node: dict[str, Any], samples: int, expect: set[str]) ->
 
 
 def _assert_adds_up(node: dict[str, Any]) -> None:
-    """Sum of the phases' medians against the median total: a generous tolerance, as
-    protocol-client and driver samples are different connections on a noisy machine
-    (and drivers do some work of their own, reported as the connect gap)."""
+    """Sum of the phases' medians against the median total, within a generous noise
+    allowance: protocol-client and driver samples are different connections on a
+    shared, noisy machine (and drivers do some work of their own, reported as the
+    connect gap). The allowance grows with the spread actually observed."""
     add = additivity(node)
     assert add is not None
-    assert abs(add.gap_ms) <= max(5.0, 0.5 * add.total_p50), add
+    spread = iqr(node["total"].samples)
+    assert abs(add.gap_ms) <= max(5.0, 0.5 * add.total_p50, 2 * spread), add
     assert node["_meta"]["phase_sum"]["parts"] == list(add.parts)
     # within the driver, the three measured parts are contiguous in every sample
     total = sorted(node["total"].samples)
@@ -80,27 +82,27 @@ def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
     target = parse_url(pg.dsn()).with_options(sslmode="disable")
     result = run(
         target,
-        ColdStartOptions(samples=4, pool_size=2, pool_rounds=1),
+        ColdStartOptions(samples=6, pool_size=2, pool_rounds=1),
     )
     cs = result.metrics
     assert set(DRIVERS) <= set(cs)
-    assert cs["tcp_floor"]["connect"].n == 4
+    assert cs["tcp_floor"]["connect"].n == 6
     for name in DRIVERS:
         node = cs[name]
-        _assert_driver_node(node, 4, {"tcp", "startup"})
+        _assert_driver_node(node, 6, {"tcp", "startup"})
         assert node["_meta"]["not_applicable"]["dns"] == "the host is an IP address"
         assert "sslmode=disable" in node["_meta"]["not_applicable"]["tls"]
         assert node["_meta"]["auth_method"] == "trust"
         _assert_adds_up(node)
         warm = node["warm"]
-        assert warm["checkout"].n == 4
+        assert warm["checkout"].n == 6
         assert warm["pool_ready"].n == 1
         assert warm["min_size"] == 2
         # a pooled checkout skips connect, start-up and initialisation
         assert warm["checkout"].p50 < node["total"].p50
         assert node["_meta"]["verdict"]["reason"] in ("ok", "phase-dominates")
     assert cs["protocol"]["_meta"]["tls_negotiation"] == "none"
-    assert cs["_meta"]["sampling"]["samples"] == 4
+    assert cs["_meta"]["sampling"]["samples"] == 6
     assert result.server_version == pg.version
     _validated(cs, result.findings)
 
@@ -195,6 +197,7 @@ def test_fresh_processes_import_the_users_module(
             warm=False,
             process=True,
             process_samples=1,
+            process_warmup=False,
             imports=("user_app",),
         ),
     )
@@ -213,7 +216,7 @@ def test_fresh_processes_import_the_users_module(
             parse_url(pg.dsn()),
             ColdStartOptions(
                 drivers=("psycopg",), samples=1, warm=False, process=True,
-                process_samples=1, imports=("no_such_module_here",),
+                process_samples=1, process_warmup=False, imports=("no_such_module_here",),
             ),
         )  # fmt: skip
 
