@@ -24,6 +24,9 @@ from dbprobe.urls import mask_secrets
 COMMANDS: dict[str, str] = {
     "coldstart": "dbprobe.commands.coldstart:coldstart",
     "demo": "dbprobe.commands.demo:demo",
+    "compare": "dbprobe.commands.compare:compare",
+    "slo": "dbprobe.commands.slo:slo",
+    "runs": "dbprobe.commands.runs:runs",
 }
 
 
