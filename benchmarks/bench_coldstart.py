@@ -35,7 +35,7 @@ from dbprobe.urls import parse_url
 
 PASSWORD = "bench-pw"
 VARIANTS: dict[str, dict[str, Any]] = {
-    "trust": {"server": {}, "sslmode": "disable"},
+    "trust": {"server": {"auth": "trust"}, "sslmode": "disable"},
     "scram": {"server": {"auth": "scram-sha-256", "password": PASSWORD}, "sslmode": "disable"},
     "scram-tls": {
         "server": {"auth": "scram-sha-256", "password": PASSWORD, "ssl": True},
@@ -85,7 +85,7 @@ def bench_variant(
             [binary, "-i", "-q", "-s", "1", pg.dsn(db)],
             capture_output=True, env=env, timeout=300, check=True,
         )  # fmt: skip
-        url = pg.dsn(db) + f"?sslmode={spec['sslmode']}"
+        url = parse_url(pg.dsn(db)).with_options(sslmode=spec["sslmode"]).libpq_dsn()
         options = ColdStartOptions(
             samples=samples, process=process, process_samples=3, pool_rounds=3
         )

@@ -306,6 +306,7 @@ def run(
                         protocol_sample(name)
                 if r % 10 == 9:
                     gc.collect()
+                    clock.last_end = None  # a planned pause, not an idle gap
             say("cold connections", opts.samples, opts.samples)
             if opts.warm:
                 _warm_rounds(opts, params, probes, names, warm_checkout, pool_ready, say)
@@ -465,13 +466,16 @@ def _build_metrics(
         }
     }
     proto_node: dict[str, Any] = {}
-    for phase in (
-        "dns", "tcp", "tls", "tls_request", "tls_handshake", "startup", "auth",
-        "server_init", "scram_client", "first_query", "total",
-    ):  # fmt: skip
+    for phase in ("dns", "tcp", "tls", "startup", "first_query", "total"):
         d = _dist([getattr(t, phase) for t in all_protocol])
         if d is not None:
             proto_node[phase] = d
+    detail: dict[str, Any] = {}
+    for phase in ("tls_request", "tls_handshake", "auth", "server_init", "scram_client"):
+        d = _dist([getattr(t, phase) for t in all_protocol])
+        if d is not None:
+            detail[phase] = d
+    proto_node["detail"] = detail
     proto_node["_meta"] = {
         "source": "dbprobe's protocol client: every figure measured step by step on one "
         "blocking socket (see docs/coldstart.md)",

@@ -140,3 +140,10 @@ class DirectTlsProxy:
         for t in self._threads:
             t.join(5)
         self.sock.close()
+
+
+def url_with(dsn: str, **options: str) -> str:
+    """``dsn`` with extra libpq options (``sslmode=...``), whatever it already carries."""
+    from dbprobe.urls import parse_url
+
+    return parse_url(dsn).with_options(**options).libpq_dsn()

@@ -86,7 +86,8 @@ def test_scram_iterations_dominate_on_pg18() -> None:
         assert "scram_iterations" in finding.recommendation
         assert "200000" in finding.recommendation
         assert finding.evidence["auth_method"] == "scram-sha-256"
-    assert tree["protocol"]["scram_client"]["p50"] > 0.5 * tree["protocol"]["startup"]["p50"]
+    detail = tree["protocol"]["detail"]
+    assert detail["scram_client"]["p50"] > 0.5 * tree["protocol"]["startup"]["p50"]
 
 
 def test_a_dominant_phase_below_the_threshold_is_info() -> None:

@@ -16,13 +16,19 @@ from typing import Any
 
 from dbprobe.cli import main
 from dbprobe.pg import throwaway
+from dbprobe.urls import parse_url
 
 HERE = Path(__file__).parent
 PASSWORD = "capture-pw"
 
 CASES: dict[str, dict[str, Any]] = {
     # PG 15, trust over loopback TCP, no TLS: the fast baseline
-    "pg15_trust": {"provider": "local", "server": {}, "options": "sslmode=disable", "args": ""},
+    "pg15_trust": {
+        "provider": "local",
+        "server": {"auth": "trust"},
+        "options": "sslmode=disable",
+        "args": "",
+    },
     # PG 15, SCRAM and TLS (self-signed certificate)
     "pg15_scram_tls": {
         "provider": "local",
@@ -44,7 +50,7 @@ CASES: dict[str, dict[str, Any]] = {
     # PG 15, fresh processes that import a module taking 60 ms
     "pg15_process": {
         "provider": "local",
-        "server": {},
+        "server": {"auth": "trust"},
         "options": "sslmode=disable",
         "args": "--samples 5 --no-warm --process --process-samples 3 --import slow_user_module",
     },
@@ -54,7 +60,8 @@ CASES: dict[str, dict[str, Any]] = {
 def capture(name: str) -> None:
     case = CASES[name]
     with throwaway(case["provider"], **case["server"]) as pg:
-        url = pg.dsn() + "?" + case["options"]
+        key, _, value = case["options"].partition("=")
+        url = parse_url(pg.dsn()).with_options(**{key: value}).libpq_dsn()
         out = HERE / f"{name}.json"
         args = ["-q", "coldstart", url, "--format", "json", "--output", str(out)]
         args += (case["args"] or "--samples 15").split()
