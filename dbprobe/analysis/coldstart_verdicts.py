@@ -495,14 +495,15 @@ def advise(
     if phase == "driver_init":
         if driver == "sqlalchemy-async":
             what = (
-                "The asyncpg dialect registers json and jsonb codecs on every new connection "
-                "(asyncpg type introspection queries) and the engine initialises the dialect "
-                "on its first connect"
+                "The engine initialises the dialect on its first connect (a transaction with "
+                "four queries, each prepared by asyncpg first) and the asyncpg dialect sets "
+                "up json and jsonb codecs on every new connection"
             )
         elif driver == "sqlalchemy":
             what = (
-                "The engine initialises the dialect on its first connect (server version, "
-                "schema, isolation level, hstore lookup)"
+                "The engine initialises the dialect on its first connect (a transaction with "
+                "server version, schema, isolation level and standard_conforming_strings "
+                "queries and an hstore type lookup)"
             )
         elif driver == "asyncpg":
             what = (

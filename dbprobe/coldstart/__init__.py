@@ -29,6 +29,7 @@ __all__ = [
     "ColdStartOptions",
     "ColdStartResult",
     "Thresholds",
+    "audit_sample",
     "run",
     "sample",
 ]
@@ -62,3 +63,24 @@ def sample(
     )
     result = run(target, options, progress=progress)
     return {"coldstart": result.metrics}, list(result.findings)
+
+
+def audit_sample(
+    target: DatabaseTarget,
+    *,
+    samples: int = 5,
+    connect_timeout_s: float | None = None,
+    drivers: Sequence[str] = ("psycopg",),
+    threshold_ms: float = 100.0,
+) -> tuple[dict[str, Any], list[Finding]]:
+    """The hook ``dbprobe audit`` calls: like :func:`sample`, but returns the subtree for
+    ``report.metrics["coldstart"]`` itself. connect_timeout_s: seconds (default: the
+    URL's, else 10)."""
+    metrics, findings = sample(
+        target,
+        samples=samples,
+        drivers=drivers,
+        threshold_ms=threshold_ms,
+        connect_timeout=connect_timeout_s,
+    )
+    return metrics["coldstart"], findings

@@ -16,7 +16,7 @@ then the ``SELECT 1`` round trip. ``connect`` = ready - t0 (the driver's DNS, TC
 TLS and start-up together: drivers expose no boundary inside it),
 ``driver_init`` = returned - ready (what the driver or SQLAlchemy does after the
 server is ready: dialect initialisation on an engine's first connect, type codec
-set-up and introspection), ``first_query`` and ``total`` = connect + driver_init +
+set-up), ``first_query`` and ``total`` = connect + driver_init +
 first_query.
 
 Warm: a pool at its minimum size (time to become ready), then checkouts with a
@@ -412,8 +412,10 @@ class SqlalchemyProbe(_EngineProbe):
     covers = {  # noqa: RUF012
         "connect": "engine.connect() until psycopg's connection exists (pool checkout, "
         "psycopg.connect with its DNS lookup, TCP, TLS and start-up)",
-        "driver_init": "the engine's first-connect work: dialect initialisation (server "
-        "version, schema, isolation level, hstore lookup), on_connect hooks, checkout",
+        "driver_init": "the engine's first-connect work: dialect initialisation in a "
+        "transaction (BEGIN, server version, current schema, isolation level, "
+        "standard_conforming_strings, the hstore type lookup in a savepoint, ROLLBACK: "
+        "each its own round trip), on_connect hooks, checkout",
         "first_query": "conn.execute(text('SELECT 1')): SQLAlchemy begins a transaction, "
         "so psycopg sends BEGIN, then the SELECT (two round trips)",
     }
@@ -427,8 +429,10 @@ class SqlalchemyAsyncProbe(_EngineProbe):
         "connect": "engine.connect() until asyncpg's connection exists (pool "
         "checkout, asyncpg.connect with its DNS lookup, TCP, TLS and start-up)",
         "driver_init": "the engine's first-connect work: the asyncpg dialect's on_connect "
-        "(json and jsonb codecs: asyncpg type introspection queries) and dialect "
-        "initialisation (server version, schema, isolation level), checkout",
+        "(json and jsonb codecs; asyncpg needs no query for these built-in types) and "
+        "dialect initialisation in a transaction (BEGIN, server version, current schema, "
+        "isolation level, standard_conforming_strings, ROLLBACK: each query prepared, "
+        "then run), checkout",
         "first_query": "conn.execute(text('SELECT 1')): BEGIN, then asyncpg prepares "
         "and runs the statement",
     }
