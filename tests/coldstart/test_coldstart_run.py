@@ -99,7 +99,9 @@ def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
         assert warm["min_size"] == 2
         # a pooled checkout skips connect, start-up and initialisation
         assert warm["checkout"].p50 < node["total"].p50
-        assert node["_meta"]["verdict"]["reason"] in ("ok", "phase-dominates")
+        verdict = node["_meta"]["verdict"]
+        assert verdict["reason"] in ("ok", "phase-dominates", "p95-over-threshold")
+        assert verdict["slow"] == (verdict["reason"] != "ok")
     assert cs["protocol"]["_meta"]["tls_negotiation"] == "none"
     assert cs["_meta"]["sampling"]["samples"] == 6
     assert result.server_version == pg.version
@@ -108,17 +110,17 @@ def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
 
 def test_scram_and_tls_every_driver(tls_server: AuthServer) -> None:
     target = tls_server.target(sslmode="require")
-    result = run(target, ColdStartOptions(samples=3, warm=False))
+    result = run(target, ColdStartOptions(samples=5, warm=False))
     for name in DRIVERS:
         node = result.metrics[name]
-        _assert_driver_node(node, 3, {"tcp", "tls", "startup"})
+        _assert_driver_node(node, 5, {"tcp", "tls", "startup"})
         assert node["_meta"]["auth_method"] == "scram-sha-256"
         assert node["_meta"]["tls_negotiation"] == "sslrequest"
         assert node["_meta"]["scram_iterations"] == 4096
         _assert_adds_up(node)
     proto = result.metrics["protocol"]
-    assert proto["detail"]["scram_client"].n == 3 * len(DRIVERS)
-    assert proto["detail"]["tls_handshake"].n == 3 * len(DRIVERS)
+    assert proto["detail"]["scram_client"].n == 5 * len(DRIVERS)
+    assert proto["detail"]["tls_handshake"].n == 5 * len(DRIVERS)
     # PostgreSQL keeps no TLS session cache: an offered session is not resumed
     assert proto["_meta"]["tls_session_resumption"] in (False, None)
     _validated(result.metrics, result.findings)
