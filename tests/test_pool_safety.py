@@ -193,13 +193,14 @@ def test_cli_json_report(pg: PostgresServer, tmp_path: Path) -> None:
 def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         ["pool", pg.dsn(), "--pool", "asyncpg", "--size", "1", "--overflow", "0",
-         "--step-seconds", "0.2", "--spike", "0", "--fail-on", "never"]
+         "--step-seconds", "0.2", "--spike", "0", "--rate", "100", "--fail-on", "never"]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "POOLS (times in ms)" in out
-    assert "wait p99" in out
-    assert "knee:" in out
+    assert "POOL asyncpg (acquire wait and query latency in ms)" in out
+    assert "2 @100/s" in out  # the open-loop row names its rate
+    assert "open loop 100/s:" in out and "from the scheduled start" in out
+    assert "asyncpg: peak" in out
     assert out.rstrip().splitlines()[-1].startswith("summary:")
 
 

@@ -247,12 +247,14 @@ class StepExhaustion:
 @dataclasses.dataclass(frozen=True)
 class Exhaustion:
     """Whether the pool ran out: requests timed out waiting, or waits grew without
-    bound. first_concurrency: the lightest step where it happened; steps: every such
+    bound. first_concurrency (first_offered_rate for an open-loop step): the lightest
+    step where it happened, closed-loop steps first; steps: every such
     step; severity: error when it happened at or below twice the capacity (or in open
     loop), warning above."""
 
     exhausted: bool
     first_concurrency: int | None
+    first_offered_rate: float | None
     severity: Severity | None
     timeouts: int
     steps: tuple[StepExhaustion, ...]
@@ -262,6 +264,7 @@ class Exhaustion:
         return {
             "exhausted": self.exhausted,
             "first_concurrency": self.first_concurrency,
+            "first_offered_rate": self.first_offered_rate,
             "severity": self.severity.value if self.severity else None,
             "timeouts": self.timeouts,
             "steps": [dataclasses.asdict(s) for s in self.steps],
@@ -322,7 +325,7 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
             )
         )
     if not found:
-        return Exhaustion(False, None, None, 0, (), "no timeouts and no unbounded waits")
+        return Exhaustion(False, None, None, None, 0, (), "no timeouts and no unbounded waits")
     closed = [s for s in found if s.offered_rate is None]
     first = min(closed, key=lambda s: s.concurrency) if closed else found[0]
     severe = any(
@@ -337,6 +340,7 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
     return Exhaustion(
         exhausted=True,
         first_concurrency=first.concurrency,
+        first_offered_rate=first.offered_rate,
         severity=Severity.ERROR if severe else Severity.WARNING,
         timeouts=sum(s.timeouts for s in found),
         steps=tuple(found),

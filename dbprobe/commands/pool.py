@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from dbprobe.commands.common import progress_from, report_options
+from dbprobe.commands.common import finish, progress_from, report_options
 from dbprobe.errors import UsageError
-from dbprobe.report.model import Report
-from dbprobe.report.render import RENDERERS, render
+from dbprobe.report.render import RENDERERS
 
 if TYPE_CHECKING:
     from dbprobe.pool.config import Workload
 
 POOL_HELP = "sqlalchemy|sqlalchemy-async|psycopg|psycopg-async|asyncpg|all"
-
-
-def _text(report: Report, fmt: str) -> str:
-    """The report, with the per-step pool tables instead of the generic metric list in
-    the human formats (JSON keeps everything)."""
-    if fmt not in ("table", "markdown"):
-        return render(report, fmt)
-    from dbprobe.pool.table import pool_tables
-
-    bare = dataclasses.replace(report, metrics={})
-    text = render(bare, fmt)
-    tables = pool_tables(report.metrics, fmt)
-    if fmt == "table":
-        head, sep, tail = text.rpartition("\nsummary: ")
-        if sep:
-            return f"{head}\n\nPOOLS (times in ms)\n{tables}{sep.lstrip(chr(10))}{tail}"
-    return f"{text}\n{tables}\n"
-
-
-def _write(text: str, output: str | None) -> None:
-    if output in (None, "", "-"):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    path = Path(str(output))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 @click.command()
@@ -223,8 +190,7 @@ def pool(
         + f" (about {config.estimated_seconds(len(kinds)):.0f}s)"
     )
     report = stress(target, kinds, config=config, workload=workload, progress=progress.update)
-    _write(_text(report, fmt), output)
-    ctx.exit(report.exit_code(fail_on))
+    ctx.exit(finish(report, fmt, output, fail_on))
 
 
 def _scenario(name: str) -> Workload:

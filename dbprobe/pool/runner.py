@@ -197,8 +197,21 @@ def _summary_line(kind: str, run: PoolRun, verdicts: PoolVerdicts) -> str:
         parts.append(f"knee at {knee.concurrency} ({knee.limited_by}-limited)")
     else:
         parts.append("no knee")
-    if verdicts.exhaustion.exhausted:
-        parts.append(f"exhausted from concurrency {verdicts.exhaustion.first_concurrency}")
+    if verdicts.sizing.recommended_size is not None:
+        parts.append(f"size for {verdicts.sizing.recommended_size} connections")
+    exhaustion = verdicts.exhaustion
+    if exhaustion.exhausted and exhaustion.first_offered_rate is not None:
+        parts.append(f"exhausted at {exhaustion.first_offered_rate:g} requests/s offered")
+    elif exhaustion.exhausted:
+        parts.append(f"exhausted from concurrency {exhaustion.first_concurrency}")
+    for step in run.steps:
+        if step.offered_rate is None:
+            continue
+        parts.append(
+            f"open loop {step.offered_rate:g}/s: {step.throughput_qps:,.0f}/s served, response "
+            f"p99 {step.response_time.p99:.1f} ms from the scheduled start, backlog "
+            f"{step.backlog}"
+        )
     if run.spike is not None:
         rec = run.spike.recover_ms
         parts.append(
