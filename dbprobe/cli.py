@@ -22,7 +22,9 @@ from dbprobe.urls import mask_secrets
 
 # name -> "module:attribute"; imported only when the command runs (or for --help).
 COMMANDS: dict[str, str] = {
+    "audit": "dbprobe.commands.audit:audit",
     "demo": "dbprobe.commands.demo:demo",
+    "explain": "dbprobe.commands.explain:explain",
 }
 
 

@@ -162,14 +162,24 @@ class IndexInfo:
 
     @property
     def columns_text(self) -> str:
-        """The key columns as written: ``(customer_id, created_at DESC)``."""
+        """The key columns as written, with what distinguishes them: ``(customer_id,
+        created_at DESC)``, ``(c COLLATE "C")``, ``(c text_pattern_ops) INCLUDE (b)``."""
         parts = []
         for c in self.key_columns:
             text = c.definition
+            if c.collation:
+                text += f" COLLATE {quote_ident(c.collation)}"
+            if c.opclass and not c.opclass_default:
+                text += f" {c.opclass}"
             if c.descending:
-                text += " DESC"
+                text += " DESC" + ("" if c.nulls_first else " NULLS LAST")
+            elif c.nulls_first:
+                text += " NULLS FIRST"
             parts.append(text)
-        return "(" + ", ".join(parts) + ")"
+        text = "(" + ", ".join(parts) + ")"
+        if self.include_columns:
+            text += " INCLUDE (" + ", ".join(self.include_columns) + ")"
+        return text
 
     @property
     def enforces_constraint(self) -> bool:
@@ -283,7 +293,9 @@ class CatalogSnapshot:
 
     def table(self, schema: str | None, name: str) -> TableInfo | None:
         """The table called ``name`` (in ``schema``; any schema when ``None`` and unique)."""
-        found = [t for t in self.tables if t.name == name and (schema is None or t.schema == schema)]
+        found = [
+            t for t in self.tables if t.name == name and (schema is None or t.schema == schema)
+        ]
         return found[0] if len(found) == 1 else None
 
     def table_by_oid(self, oid: int) -> TableInfo | None:
@@ -328,7 +340,8 @@ class CatalogSnapshot:
 
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _encode(dataclasses.asdict(self))
+        encoded: dict[str, Any] = _encode(dataclasses.asdict(self))
+        return encoded
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CatalogSnapshot:
@@ -357,13 +370,14 @@ def _encode(obj: Any) -> Any:
 def _build(cls: Any, data: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
-    for key, value in data.items():
+    for key, raw in data.items():
         if key not in fields:
             continue
-        if isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(value, str) and "datetime" in str(fields[key].type):
-            value = _dt.datetime.fromisoformat(value)
+        value = raw
+        if isinstance(raw, list):
+            value = tuple(raw)
+        elif isinstance(raw, str) and "datetime" in str(fields[key].type):
+            value = _dt.datetime.fromisoformat(raw)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -399,22 +413,24 @@ def serves_columns(index: IndexInfo, columns: Iterable[str]) -> bool:
 NON_UNRESERVED_KEYWORDS: frozenset[str] = frozenset(
     """
     all analyse analyze and any array as asc asymmetric authorization between bigint
-    binary bit boolean both case cast char character check coalesce collate collation
-    column concurrently constraint create cross current_catalog current_date current_role
-    current_schema current_time current_timestamp current_user dec decimal default
-    deferrable desc distinct do else end except exists extract false fetch float for
-    foreign freeze from full grant greatest group grouping having ilike in initially inner
-    inout int integer intersect interval into is isnull join json json_array json_arrayagg
-    json_exists json_object json_objectagg json_query json_scalar json_serialize json_table
-    json_value lateral leading least left like limit localtime localtimestamp merge_action
-    national natural nchar none normalize not notnull null nullif numeric offset on only
-    or order out outer overlaps overlay placing position precision primary real references
-    returning right row select session_user setof similar smallint some substring
-    symmetric system_user table tablesample then time timestamp to trailing treat trim
-    true union unique user using values varchar variadic verbose when where window with
-    xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi
-    xmlroot xmlserialize xmltable
-    """.split()
+    binary bit boolean both case cast char character check coalesce collate
+    collation column concurrently constraint create cross current_catalog
+    current_date current_role current_schema current_time current_timestamp
+    current_user dec decimal default deferrable desc distinct do else end except
+    exists extract false fetch float for foreign freeze from full grant greatest
+    group grouping having ilike in initially inner inout int integer intersect
+    interval into is isnull join json json_array json_arrayagg json_exists
+    json_object json_objectagg json_query json_scalar json_serialize json_table
+    json_value lateral leading least left like limit localtime localtimestamp
+    merge_action national natural nchar none normalize not notnull null nullif
+    numeric offset on only or order out outer overlaps overlay placing position
+    precision primary real references returning right row select session_user setof
+    similar smallint some substring symmetric system_user table tablesample then
+    time timestamp to trailing treat trim true union unique user using values
+    varchar variadic verbose when where window with xmlattributes xmlconcat
+    xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize
+    xmltable
+    """.split()  # noqa: SIM905
 )
 
 

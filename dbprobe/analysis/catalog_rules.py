@@ -82,11 +82,11 @@ def fk_missing_index(
         child = snapshot.table_by_oid(fk.table_oid)
         parent = snapshot.table_by_oid(fk.ref_table_oid)
         cols = ", ".join(fk.columns)
-        action = {
-            "cascade": f"deleting a {fk.ref_display} row deletes its {fk.table_display} rows by ",
-            "set null": f"deleting a {fk.ref_display} row updates its {fk.table_display} rows by ",
-            "set default": f"deleting a {fk.ref_display} row updates its {fk.table_display} rows by ",
-        }.get(fk.on_delete, f"deleting or re-keying a {fk.ref_display} row checks for references by ")
+        deletes = f"deleting a {fk.ref_display} row deletes its {fk.table_display} rows by "
+        updates = f"deleting a {fk.ref_display} row updates its {fk.table_display} rows by "
+        action = {"cascade": deletes, "set null": updates, "set default": updates}.get(
+            fk.on_delete, f"deleting or re-keying a {fk.ref_display} row checks for references by "
+        )
         size = f" (~{child.rows:,.0f} rows)" if child is not None else ""
         near = [
             i.name
@@ -140,7 +140,7 @@ def _covers(a: IndexInfo, b: IndexInfo) -> bool:
             return False
     elif len(ka) != len(kb):
         return False
-    if not all(x.equivalent(y) for x, y in zip(ka, kb)):
+    if not all(x.equivalent(y) for x, y in zip(ka, kb, strict=False)):
         return False
     b_cols = {c.name for c in kb if c.name} | set(b.include_columns)
     if not set(a.include_columns) <= b_cols:
@@ -172,24 +172,29 @@ def duplicate_indexes(snapshot: CatalogSnapshot) -> list[Finding]:
     for index in snapshot.indexes:
         by_table.setdefault(index.table_oid, []).append(index)
     for indexes in by_table.values():
-        reported: set[int] = set()
-        for a in sorted(indexes, key=lambda i: (len(i.key_columns), i.oid)):
-            if not a.valid or not _droppable(a) or a.oid in reported:
+        covering: dict[int, list[IndexInfo]] = {}
+        for a in indexes:
+            if not a.valid or not _droppable(a):
                 continue
-            covering = [b for b in indexes if b.oid not in reported and _covers(a, b)]
-            if not covering:
-                continue
-            # Of two identical droppable indexes keep the one scanned more (then the older).
             keepers = []
-            for b in covering:
-                if _identical(a, b) and _droppable(b):
-                    if (b.idx_scan or 0, -b.oid) < (a.idx_scan or 0, -a.oid):
-                        continue  # b is the one to drop; it is reported on its own turn
+            for b in indexes:
+                if not _covers(a, b):
+                    continue
+                # Of two identical droppable indexes, keep the one scanned more (then the
+                # older): the other one is the duplicate.
+                a_stays = (a.idx_scan or 0, -a.oid) > (b.idx_scan or 0, -b.oid)
+                if _identical(a, b) and _droppable(b) and a_stays:
+                    continue
                 keepers.append(b)
+            if keepers:
+                covering[a.oid] = keepers
+        for a in sorted(indexes, key=lambda i: (len(i.key_columns), i.oid)):
+            keepers = covering.get(a.oid)
             if not keepers:
                 continue
-            b = sorted(keepers, key=lambda i: (len(i.key_columns), i.oid))[0]
-            reported.add(a.oid)
+            # Name an index that stays (not itself redundant) when there is one.
+            staying = [b for b in keepers if b.oid not in covering] or keepers
+            b = sorted(staying, key=lambda i: (len(i.key_columns), i.oid))[0]
             same = len(a.key_columns) == len(b.key_columns)
             relation = "has the same definition as" if same else "is a leading prefix of"
             note = "same method" + (
@@ -291,7 +296,9 @@ def unused_indexes(
                 f"before dropping; then, if it is still 0 ({replicas}): {drop}"
             )
         else:
-            recommendation = f"{drop} ({replicas}; keep the definition to recreate it: {index.definition})"
+            recommendation = (
+                f"{drop} ({replicas}; keep the definition to recreate it: {index.definition})"
+            )
         out.append(
             rule.finding(
                 message,
@@ -403,7 +410,7 @@ def seq_scan_heavy_tables(
             recommendation = (
                 f"Find the statements that read {t.display} (pg_stat_statements; rerun dbprobe "
                 "audit with a larger --top) and index the columns they filter, join or sort "
-                f"on; dbprobe explain URL \"<statement>\" gives the exact CREATE INDEX for one."
+                f'on; dbprobe explain URL "<statement>" gives the exact CREATE INDEX for one.'
             )
         out.append(
             rule.finding(

@@ -103,7 +103,9 @@ class IndexAdvice:
     def plain_statement(self) -> str:
         """The same index without CONCURRENTLY and ``;`` (hypopg, or inside a transaction)."""
         using = "" if self.method == "btree" else f" USING {self.method}"
-        return f"CREATE INDEX {quote_ident(self.name)} ON {self.table_sql}{using} {self.columns_text}"
+        return (
+            f"CREATE INDEX {quote_ident(self.name)} ON {self.table_sql}{using} {self.columns_text}"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -185,9 +187,9 @@ def served_by(
         if not all(any(_key_matches(k, c) for c in lead) for k in eq_keys):
             continue
         tail = cols[len(eq_keys) : len(eq_keys) + len(rest)]
-        if not all(_key_matches(k, c) for k, c in zip(rest, tail)):
+        if not all(_key_matches(k, c) for k, c in zip(rest, tail, strict=True)):
             continue
-        flips = {k.descending != c.descending for k, c in zip(rest, tail) if k.descending or c.descending}
+        flips = {k.descending != c.descending for k, c in zip(rest, tail, strict=True)}
         if len(flips) > 1:
             continue
         return index
@@ -203,7 +205,7 @@ def _extends(keys: Sequence[IndexKey], indexes: Iterable[IndexInfo]) -> str | No
             and index.valid
             and index.predicate is None
             and 0 < len(cols) < len(keys)
-            and all(_key_matches(k, c) for k, c in zip(keys, cols))
+            and all(_key_matches(k, c) for k, c in zip(keys, cols, strict=False))
         ):
             return index.name
     return None
@@ -254,9 +256,7 @@ def advise(
     all_eq = served + eq
     if ranges:
         rng = ranges[0]
-        options.append(
-            (all_eq + [rng], len(all_eq), _reason(all_eq, f"range on {rng.label}"))
-        )
+        options.append(([*all_eq, rng], len(all_eq), _reason(all_eq, f"range on {rng.label}")))
     if sort:
         first_sort = sort[0].label
         if not ranges or ranges[0].label == first_sort:
@@ -278,8 +278,8 @@ def advise(
     seen: set[tuple[str, ...]] = set()
     served_name: str | None = None
     names = set(taken)
-    for keys, eq_count, reason in options:
-        keys = keys[:max_columns]
+    for option_keys, eq_count, reason in options:
+        keys = option_keys[:max_columns]
         sig = tuple(k.sql() for k in keys)
         if not keys or sig in seen:
             continue
@@ -309,9 +309,7 @@ def _reason(eq: Sequence[IndexKey], tail: str) -> str:
     return f"equality on {', '.join(k.label for k in eq)}, then {tail}"
 
 
-def foreign_key_advice(
-    fk: ForeignKeyInfo, taken: Iterable[str] = ()
-) -> IndexAdvice:
+def foreign_key_advice(fk: ForeignKeyInfo, taken: Iterable[str] = ()) -> IndexAdvice:
     """The index that serves a foreign key: its columns, in the key's order."""
     keys = tuple(IndexKey(column=c) for c in fk.columns)
     return IndexAdvice(
@@ -366,7 +364,9 @@ class Verification:
 
     def passes(self, min_cost_drop: float = DEFAULT_MIN_COST_DROP) -> bool:
         drop = self.cost_drop
-        return bool(self.verified and self.index_used and drop is not None and drop >= min_cost_drop)
+        return bool(
+            self.verified and self.index_used and drop is not None and drop >= min_cost_drop
+        )
 
     @property
     def how(self) -> str:
@@ -456,7 +456,8 @@ def lookup_finding(
             severity=Severity.WARNING,
             table=table,
             sql=sql,
-            fingerprint=fingerprint or f"{candidate.schema}.{candidate.relation}:{candidate.pattern}",
+            fingerprint=fingerprint
+            or f"{candidate.schema}.{candidate.relation}:{candidate.pattern}",
             evidence=evidence,
         )
     evidence["index"] = advice.to_dict()

@@ -323,11 +323,13 @@ class Predicate:
 
 
 _NOT_COLUMNS = frozenset(
-    """NULL TRUE FALSE AND OR NOT IS ANY ALL SOME ARRAY CASE WHEN THEN ELSE END IN LIKE
-    ILIKE SIMILAR TO BETWEEN DISTINCT FROM COLLATE HASHED SUBPLAN INITPLAN CURRENT_DATE
-    CURRENT_TIME CURRENT_TIMESTAMP LOCALTIME LOCALTIMESTAMP CURRENT_USER SESSION_USER
-    CURRENT_ROLE USER EXISTS ROW AT TIME ZONE ASC DESC NULLS FIRST LAST USING DEFAULT
-    INTERVAL""".split()
+    """
+    NULL TRUE FALSE AND OR NOT IS ANY ALL SOME ARRAY CASE WHEN THEN ELSE END IN LIKE
+    ILIKE SIMILAR TO BETWEEN DISTINCT FROM COLLATE HASHED SUBPLAN INITPLAN
+    CURRENT_DATE CURRENT_TIME CURRENT_TIMESTAMP LOCALTIME LOCALTIMESTAMP
+    CURRENT_USER SESSION_USER CURRENT_ROLE USER EXISTS ROW AT TIME ZONE ASC DESC
+    NULLS FIRST LAST USING DEFAULT INTERVAL
+    """.split()  # noqa: SIM905
 )
 _TYPE_CONTINUATIONS = frozenset({"VARYING", "PRECISION", "WITH", "WITHOUT", "TIME", "ZONE"})
 _TEXT_TYPES = frozenset(
@@ -543,7 +545,9 @@ def redact(expression: str | None) -> str | None:
     out: list[Token] = []
     for i, t in enumerate(toks):
         prev = toks[i - 1] if i else None
-        if t.kind == "string" or (t.kind == "number" and not (prev and prev.is_word("SubPlan", "InitPlan"))):
+        if t.kind == "string" or (
+            t.kind == "number" and not (prev and prev.is_word("SUBPLAN", "INITPLAN"))
+        ):
             out.append(Token("op", "?", "?", t.start))
         else:
             out.append(t)
@@ -887,7 +891,7 @@ def misestimate_factor(node: PlanNode) -> float | None:
 
 
 def _bucket(factor: float) -> int:
-    return 10 ** min(3, int(math.log10(factor)))
+    return int(10 ** min(3, int(math.log10(factor))))
 
 
 def red_flags(
@@ -1040,7 +1044,9 @@ def summarize(plan: Plan, *, redacted: bool = True, max_nodes: int = 12) -> list
             break
         text = f"{node.label} (cost={node.total_cost:.2f} rows={node.plan_rows:,.0f})"
         if node.analyzed:
-            text += f" (actual rows={node.actual_rows or 0:,.0f} loops={node.actual_loops or 0:,.0f})"
+            text += (
+                f" (actual rows={node.actual_rows or 0:,.0f} loops={node.actual_loops or 0:,.0f})"
+            )
         for label, cond in (
             ("Index Cond", node.index_cond),
             ("Hash Cond", node.hash_cond),

@@ -148,7 +148,11 @@ def tokenize(text: str, *, keep_comments: bool = False) -> list[Token]:
             while i < n and text[i] in _OP_CHARS:
                 if text.startswith("--", i) or text.startswith("/*", i):
                     break
-                if i > start and text[i] == "%" and (_PYFORMAT.match(text, i) or text.startswith("%s", i)):
+                if (
+                    i > start
+                    and text[i] == "%"
+                    and (_PYFORMAT.match(text, i) or text.startswith("%s", i))
+                ):
                     break
                 i += 1
             op = text[start:i]
@@ -195,7 +199,9 @@ def leading_keyword(sql: str) -> str:
     return ""
 
 
-EXPLAINABLE = frozenset({"SELECT", "WITH", "UPDATE", "DELETE", "INSERT", "VALUES", "TABLE", "MERGE"})
+EXPLAINABLE = frozenset(
+    {"SELECT", "WITH", "UPDATE", "DELETE", "INSERT", "VALUES", "TABLE", "MERGE"}
+)
 
 
 def is_explainable(sql: str) -> bool:

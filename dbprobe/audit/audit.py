@@ -159,8 +159,11 @@ def run_audit(
             "read-only session (default_transaction_read_only=on, "
             f"statement_timeout={opts.statement_timeout_ms} ms, lock_timeout="
             f"{opts.lock_timeout_ms} ms); EXPLAIN without ANALYZE"
-            + ("; real indexes built and rolled back on a separate session (--disposable)"
-               if real_conn is not None else "; no DDL or DML")
+            + (
+                "; real indexes built and rolled back on a separate session (--disposable)"
+                if real_conn is not None
+                else "; no DDL or DML"
+            )
         )
 
         # 1. catalog snapshot

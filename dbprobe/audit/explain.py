@@ -226,7 +226,11 @@ class StatementAnalyzer:
             )
             if finding is None:
                 rejected.append(
-                    {"table": cand.table_display, "index": chosen.columns_text, **verification.to_dict()}
+                    {
+                        "table": cand.table_display,
+                        "index": chosen.columns_text,
+                        **verification.to_dict(),
+                    }
                 )
                 continue
             taken.add(chosen.name)
@@ -270,7 +274,9 @@ class StatementAnalyzer:
         if good:
             best = min(v.cost_after or 0.0 for _, v in good)
             near = [(a, v) for a, v in good if (v.cost_after or 0.0) <= best * 1.1 + 0.01]
-            advice, verification = min(near, key=lambda av: (len(av[0].keys), av[1].cost_after or 0.0))
+            advice, verification = min(
+                near, key=lambda av: (len(av[0].keys), av[1].cost_after or 0.0)
+            )
             return advice, verification, tried
         verified = [(a, v) for a, v in results if v.verified]
         if verified:
@@ -283,7 +289,11 @@ class StatementAnalyzer:
         if self._snapshot is None:
             return
         for node in plan.walk():
-            if node.is_scan and node.relation and self._snapshot.table(node.schema, node.relation) is None:
+            if (
+                node.is_scan
+                and node.relation
+                and self._snapshot.table(node.schema, node.relation) is None
+            ):
                 self.refresh_snapshot()
                 return
 

@@ -91,7 +91,9 @@ class ExplainRunner:
         Raises :class:`ExplainError` with one line on failure.
         """
         if not is_explainable(sql):
-            raise ExplainError("not a query or DML statement; EXPLAIN does not apply", "unsupported")
+            raise ExplainError(
+                "not a query or DML statement; EXPLAIN does not apply", "unsupported"
+            )
         style = placeholder_style(sql)
         options = ["FORMAT JSON"]
         if self.verbose:
@@ -100,7 +102,9 @@ class ExplainRunner:
             options[:0] = ["ANALYZE", "BUFFERS"]
         generic = params is None and style == "dollar"
         if generic and analyze:
-            raise ExplainError("EXPLAIN ANALYZE needs parameter values for $n placeholders", "unsupported")
+            raise ExplainError(
+                "EXPLAIN ANALYZE needs parameter values for $n placeholders", "unsupported"
+            )
         start = time.perf_counter()
         prepared: list[str] = []
         try:
@@ -140,7 +144,7 @@ class ExplainRunner:
             cur = psycopg.RawCursor(self.conn)
             row = cur.execute(text, list(params)).fetchone()
         else:
-            row = self.conn.execute(text, params).fetchone()  # type: ignore[arg-type]
+            row = self.conn.execute(text, params).fetchone()
         assert row is not None
         return row[0]
 

@@ -138,13 +138,13 @@ ORDER BY sum(s.{total}) DESC
     hidden = 0
     with conn.cursor() as cur:
         cur.execute(query)
-        for queryid, text, calls, total_ms, rows, hit, read in cur:
+        for queryid, text, n_calls, total_ms, rows, hit, read in cur:
             if text == HIDDEN_TEXT:
                 hidden += 1
                 continue
             if len(out) >= limit or not is_explainable(text):
                 continue
-            calls = int(calls or 0)
+            calls = int(n_calls or 0)
             out.append(
                 TopStatement(
                     queryid=queryid,

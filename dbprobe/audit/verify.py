@@ -169,9 +169,7 @@ def hypopg_missing_reason(conn: psycopg.Connection[Any]) -> tuple[str, str]:
     row = conn.execute(
         MARKER + " SELECT 1 FROM pg_available_extensions WHERE name = 'hypopg'"
     ).fetchone()
-    alternative = (
-        "or rerun with --verify real --disposable on a disposable copy of the database"
-    )
+    alternative = "or rerun with --verify real --disposable on a disposable copy of the database"
     if row:
         return (
             f"hypopg is not installed in database {conn.info.dbname!r}",

@@ -232,8 +232,13 @@ CASES: dict[str, tuple[str, str, Any, dict[str, Any]]] = {
         "A parallel Seq Scan under Gather.",
         "SELECT count(*) FROM orders WHERE customer_id = 4242",
         None,
-        {"settings": {"parallel_setup_cost": "0", "parallel_tuple_cost": "0",
-                      "min_parallel_table_scan_size": "0"}},
+        {
+            "settings": {
+                "parallel_setup_cost": "0",
+                "parallel_tuple_cost": "0",
+                "min_parallel_table_scan_size": "0",
+            }
+        },
     ),
 }
 
