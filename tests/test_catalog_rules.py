@@ -73,7 +73,9 @@ def test_fk_missing_index(version: str) -> None:
     assert child.evidence["on_delete"] == "cascade"
     assert "deletes its child rows" in child.message
     # a partial index that starts with the column does not serve the key, and is named
-    assert "ix_soft_child_parent_live" in found["public.soft_child.soft_child_parent_id_fkey"].message
+    assert (
+        "ix_soft_child_parent_live" in found["public.soft_child.soft_child_parent_id_fkey"].message
+    )
     # (y, x) serves the two-column key (x, y); fk_indexed has its index: not reported
 
 
@@ -139,7 +141,8 @@ def test_unused_index_shows_statistics_age(version: str) -> None:
     assert "DROP INDEX CONCURRENTLY public.ix_child_e;" in young.recommendation
 
     old = dataclasses.replace(
-        snap, stats=dataclasses.replace(snap.stats, stats_reset=snap.stats.now - dt.timedelta(days=40))
+        snap,
+        stats=dataclasses.replace(snap.stats, stats_reset=snap.stats.now - dt.timedelta(days=40)),
     )
     mature = by_fingerprint(unused_indexes(old))["public.ix_child_e"]
     assert "statistics reset 40 days ago" in mature.message
@@ -153,7 +156,9 @@ def test_invalid_index(version: str) -> None:
     (finding,) = invalid_indexes(snapshot(version))
     assert finding.fingerprint == "public.uq_dupdata_v"
     assert "REINDEX INDEX CONCURRENTLY public.uq_dupdata_v;" in finding.recommendation
-    assert "CREATE UNIQUE INDEX CONCURRENTLY uq_dupdata_v ON public.dupdata" in finding.recommendation
+    assert (
+        "CREATE UNIQUE INDEX CONCURRENTLY uq_dupdata_v ON public.dupdata" in finding.recommendation
+    )
     assert "uniqueness" in finding.message
 
 
@@ -167,9 +172,15 @@ def test_seq_scan_heavy_tables(version: str) -> None:
     assert "(it has no index)" in found["public.big_noindex"].message
     assert found["public.big_scanned"].evidence["seq_share"] == 1.0
 
-    advice = {"public.big_scanned": ["CREATE INDEX CONCURRENTLY ix_big_scanned_ref ON public.big_scanned (ref);"]}
+    advice = {
+        "public.big_scanned": [
+            "CREATE INDEX CONCURRENTLY ix_big_scanned_ref ON public.big_scanned (ref);"
+        ]
+    }
     linked = by_fingerprint(seq_scan_heavy_tables(snapshot(version), advice=advice))
-    assert linked["public.big_scanned"].recommendation.startswith("CREATE INDEX CONCURRENTLY ix_big")
+    assert linked["public.big_scanned"].recommendation.startswith(
+        "CREATE INDEX CONCURRENTLY ix_big"
+    )
 
     strict = CatalogRuleOptions(min_seq_scans=100)
     assert seq_scan_heavy_tables(snapshot(version), strict) == []

@@ -92,7 +92,9 @@ def test_index_names_are_deterministic_and_fit_63_bytes() -> None:
     assert long != other  # the hash suffix keeps distinct long names distinct
     taken = {"ix_orders_customer_id", "ix_orders_customer_id_2"}
     assert index_name("orders", keys[:1], taken) == "ix_orders_customer_id_3"
-    many = index_name("t" * 70, [IndexKey(column="c")], {index_name("t" * 70, [IndexKey(column="c")])})
+    many = index_name(
+        "t" * 70, [IndexKey(column="c")], {index_name("t" * 70, [IndexKey(column="c")])}
+    )
     assert len(many.encode()) <= MAX_IDENTIFIER_BYTES and many.endswith("_2")
 
 
@@ -135,16 +137,24 @@ def test_equality_advice_statement(version: str) -> None:
     assert first.statement == (
         "CREATE INDEX CONCURRENTLY ix_orders_customer_id ON public.orders (customer_id);"
     )
-    assert first.plain_statement == "CREATE INDEX ix_orders_customer_id ON public.orders (customer_id)"
+    assert (
+        first.plain_statement == "CREATE INDEX ix_orders_customer_id ON public.orders (customer_id)"
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_order_equality_then_range_then_sort(version: str) -> None:
     rng = advise(candidate("range-filter", version), indexes_on(version, "orders"))
-    assert [a.columns_text for a in rng.alternatives] == ["(customer_id)", "(customer_id, created_at)"]
+    assert [a.columns_text for a in rng.alternatives] == [
+        "(customer_id)",
+        "(customer_id, created_at)",
+    ]
 
     top = advise(candidate("sort-limit-filter", version), indexes_on(version, "orders"))
-    assert [a.columns_text for a in top.alternatives] == ["(customer_id)", "(customer_id, created_at)"]
+    assert [a.columns_text for a in top.alternatives] == [
+        "(customer_id)",
+        "(customer_id, created_at)",
+    ]
     assert "order by created_at DESC" in top.alternatives[1].reason
 
     topn = advise(candidate("sort-limit-no-filter", version), indexes_on(version, "orders"))
@@ -159,13 +169,20 @@ def test_advice_extends_the_index_in_use(version: str) -> None:
     assert only.extends == "ix_orders_status"
 
     result = advise(candidate("bound-params", version), indexes_on(version, "orders"))
-    assert [a.columns_text for a in result.alternatives] == ["(customer_id)", "(status, customer_id)"]
+    assert [a.columns_text for a in result.alternatives] == [
+        "(customer_id)",
+        "(status, customer_id)",
+    ]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_quoted_column_and_expression_keys(version: str) -> None:
-    (adv, *_) = advise(candidate("seq-scan-varchar-cast", version), indexes_on(version, "events")).alternatives
-    assert adv.statement == 'CREATE INDEX CONCURRENTLY ix_events_source ON public.events ("Source");'
+    (adv, *_) = advise(
+        candidate("seq-scan-varchar-cast", version), indexes_on(version, "events")
+    ).alternatives
+    assert (
+        adv.statement == 'CREATE INDEX CONCURRENTLY ix_events_source ON public.events ("Source");'
+    )
     (expr, *_) = advise(
         candidate("expression-filter", version), indexes_on(version, "customers")
     ).alternatives

@@ -44,6 +44,7 @@ from dbprobe.analysis.index_advice import (
     lookup_finding,
 )
 from dbprobe.analysis.plans import Plan, find_unindexed_scans, parse_plan, red_flags, summarize
+from dbprobe.analysis.sqltext import placeholder_style
 from dbprobe.audit.catalog import read_snapshot
 from dbprobe.audit.runner import ExplainError, ExplainRunner, Params
 from dbprobe.audit.verify import IndexVerifier, choose_verifier
@@ -170,7 +171,7 @@ class StatementAnalyzer:
         in ``error`` rather than raised."""
         opts = self.options
         before = len(self.runner.timings_ms)
-        generic = params is None and "$" in sql
+        generic = params is None and placeholder_style(sql) == "dollar"
         try:
             doc = self.runner.explain(sql, params, analyze=opts.analyze)
         except ExplainError as exc:

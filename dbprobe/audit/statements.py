@@ -63,15 +63,20 @@ class PgssStatus:
 
 
 def pgss_status(conn: psycopg.Connection[Any]) -> PgssStatus:
-    """Check the extension is installed in this database and its library loaded."""
+    """Check the extension is installed in this database and its library loaded.
+
+    Needs no special privilege: ``shared_preload_libraries`` is read through
+    ``pg_settings`` (hidden from ordinary roles, then treated as unknown) and a loaded
+    library is proven by reading the view.
+    """
     row = conn.execute(
         MARKER + " SELECT n.nspname FROM pg_extension e "
         "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'"
     ).fetchone()
-    preload = str(
-        conn.execute(MARKER + " SELECT current_setting('shared_preload_libraries')").fetchone()[0]  # type: ignore[index]
-    )
-    loaded = "pg_stat_statements" in preload
+    setting = conn.execute(
+        MARKER + " SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'"
+    ).fetchone()
+    loaded: bool | None = None if setting is None else "pg_stat_statements" in str(setting[0])
     row_all = conn.execute(
         MARKER + " SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') "
         "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
@@ -93,12 +98,19 @@ def pgss_status(conn: psycopg.Connection[Any]) -> PgssStatus:
             )
         return PgssStatus(
             False,
-            problem="pg_stat_statements is not installed",
-            fix=enable,
+            problem="pg_stat_statements is not installed in this database",
+            fix=enable if loaded is False else f"{enable} (skip the first steps if it is loaded)",
             can_read_all=can_read_all,
         )
     schema = str(row[0])
-    if not loaded:
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                psql.SQL(MARKER + " SELECT 1 FROM {}.pg_stat_statements LIMIT 1").format(
+                    psql.Identifier(schema)
+                )
+            )
+    except psycopg.errors.ObjectNotInPrerequisiteState:
         return PgssStatus(
             False,
             schema=schema,
