@@ -88,7 +88,7 @@ def test_index_names_are_deterministic_and_fit_63_bytes() -> None:
     long_keys = [IndexKey(column="a_really_long_column_name_" + str(i)) for i in range(4)]
     long = index_name("a_table_with_a_long_name", long_keys)
     assert len(long.encode()) <= MAX_IDENTIFIER_BYTES
-    other = index_name("a_table_with_a_long_name", long_keys[:3] + [IndexKey(column="zz")])
+    other = index_name("a_table_with_a_long_name", [*long_keys[:3], IndexKey(column="zz")])
     assert long != other  # the hash suffix keeps distinct long names distinct
     taken = {"ix_orders_customer_id", "ix_orders_customer_id_2"}
     assert index_name("orders", keys[:1], taken) == "ix_orders_customer_id_3"

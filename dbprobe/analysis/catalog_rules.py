@@ -189,11 +189,11 @@ def duplicate_indexes(snapshot: CatalogSnapshot) -> list[Finding]:
             if keepers:
                 covering[a.oid] = keepers
         for a in sorted(indexes, key=lambda i: (len(i.key_columns), i.oid)):
-            keepers = covering.get(a.oid)
-            if not keepers:
+            covered_by = covering.get(a.oid)
+            if not covered_by:
                 continue
             # Name an index that stays (not itself redundant) when there is one.
-            staying = [b for b in keepers if b.oid not in covering] or keepers
+            staying = [b for b in covered_by if b.oid not in covering] or covered_by
             b = sorted(staying, key=lambda i: (len(i.key_columns), i.oid))[0]
             same = len(a.key_columns) == len(b.key_columns)
             relation = "has the same definition as" if same else "is a leading prefix of"
