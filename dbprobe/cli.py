@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "audit": "dbprobe.commands.audit:audit",
     "demo": "dbprobe.commands.demo:demo",
     "explain": "dbprobe.commands.explain:explain",
+    "compare": "dbprobe.commands.compare:compare",
+    "slo": "dbprobe.commands.slo:slo",
+    "runs": "dbprobe.commands.runs:runs",
 }
 
 

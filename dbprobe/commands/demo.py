@@ -53,6 +53,7 @@ def demo(
             t_seed = time.perf_counter()
             with engine.begin() as conn:
                 shop_seed.build(conn, size)
+            pg.settle(db)
             seed_s = time.perf_counter() - t_seed
             with engine.connect() as conn:
                 rows = conn.execute(
