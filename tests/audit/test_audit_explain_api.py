@@ -3,6 +3,7 @@ verification (hypopg, real index rolled back, none), and nothing left behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -12,16 +13,18 @@ import pytest
 
 pytest.importorskip("fixtures.shop.models", reason="the shop fixture app is not present")
 
-from audit_support import AuditedShop  # noqa: E402
-from sqlalchemy import create_engine, event, select  # noqa: E402
-from sqlalchemy.dialects import postgresql  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
+from audit_support import AuditedShop
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
-from dbprobe.audit.explain import ExplainError, StatementAnalyzer, analyze_statement  # noqa: E402
-from dbprobe.connect import connect  # noqa: E402
-from dbprobe.report.model import Severity  # noqa: E402
+from dbprobe.audit.explain import ExplainError, StatementAnalyzer, analyze_statement
+from dbprobe.connect import connect
+from dbprobe.report.model import Severity
 
-FIX = "CREATE INDEX CONCURRENTLY ix_stock_movements_reference ON public.stock_movements (reference);"
+FIX = (
+    "CREATE INDEX CONCURRENTLY ix_stock_movements_reference ON public.stock_movements (reference);"
+)
 
 
 @pytest.fixture
@@ -55,8 +58,12 @@ def asyncpg_statement() -> tuple[str, list[Any]]:
     """The same look-up as the asyncpg dialect renders it: ``$1::VARCHAR``."""
     from fixtures.shop.models import StockMovement
 
-    compiled = select(StockMovement).where(StockMovement.reference == "PO-000123").compile(
-        dialect=postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+    compiled = (
+        select(StockMovement)
+        .where(StockMovement.reference == "PO-000123")
+        .compile(
+            dialect=postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+        )
     )
     return str(compiled), [compiled.params[k] for k in compiled.positiontup or ()]
 
@@ -175,14 +182,10 @@ def test_explain_errors_are_one_line(
     assert ro_conn.execute("SELECT 1").fetchone() == (1,)
 
     role = f"dbprobe_noread_{secrets.token_hex(4)}"
-    fresh_shop.server.execute(f"CREATE ROLE {role} LOGIN")
+    password = secrets.token_hex(8)
+    fresh_shop.server.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     try:
-        target = fresh_shop.target.__class__(
-            host=fresh_shop.target.host,
-            port=fresh_shop.target.port,
-            user=role,
-            database=fresh_shop.database,
-        )
+        target = dataclasses.replace(fresh_shop.target, user=role, password=password)
         with connect(target, application_name="dbprobe-test", read_only=True) as conn:
             with pytest.raises(ExplainError) as denied:
                 analyze_statement(conn, "SELECT * FROM stock_movements WHERE reference = $1")

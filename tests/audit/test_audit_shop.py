@@ -5,6 +5,7 @@ verified")."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from typing import Any
@@ -229,20 +230,18 @@ def test_pg_stat_statements_missing(fresh_shop: AuditedShop) -> None:
 
 
 def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> None:
-    server, db = fresh_shop.server, fresh_shop.database
+    server = fresh_shop.server
     stats_role = f"dbprobe_stats_{secrets.token_hex(4)}"
     plain_role = f"dbprobe_plain_{secrets.token_hex(4)}"
-    server.execute(f"CREATE ROLE {stats_role} LOGIN IN ROLE pg_read_all_stats")
-    server.execute(f"CREATE ROLE {plain_role} LOGIN")
+    password = secrets.token_hex(8)
+    server.execute(
+        f"CREATE ROLE {stats_role} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_stats"
+    )
+    server.execute(f"CREATE ROLE {plain_role} LOGIN PASSWORD '{password}'")
     try:
         # sees every statement but may not read the tables: EXPLAIN fails per statement
         report = run_audit(
-            fresh_shop.target.__class__(
-                host=fresh_shop.target.host,
-                port=fresh_shop.target.port,
-                user=stats_role,
-                database=db,
-            ),
+            dataclasses.replace(fresh_shop.target, user=stats_role, password=password),
             AuditOptions(),
         )
         skipped = [f for f in report.findings if f.rule == "check-skipped"]
@@ -253,12 +252,7 @@ def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> Non
 
         # without pg_read_all_stats the application's statements are hidden: a note
         report = run_audit(
-            fresh_shop.target.__class__(
-                host=fresh_shop.target.host,
-                port=fresh_shop.target.port,
-                user=plain_role,
-                database=db,
-            ),
+            dataclasses.replace(fresh_shop.target, user=plain_role, password=password),
             AuditOptions(),
         )
         assert any("pg_read_all_stats" in n for n in report.notes)
