@@ -23,7 +23,7 @@ import psycopg
 from dbprobe.analysis.catalog import CatalogSnapshot, schema_filter
 from dbprobe.analysis.catalog_rules import CatalogRuleOptions, check_catalog
 from dbprobe.analysis.index_advice import DEFAULT_MIN_COST_DROP
-from dbprobe.audit.catalog import MARKER, read_snapshot
+from dbprobe.audit.catalog import marked, read_snapshot
 from dbprobe.audit.explain import AnalysisOptions, StatementAnalysis, StatementAnalyzer
 from dbprobe.audit.statements import TopStatement, pgss_status, top_statements
 from dbprobe.audit.verify import VERIFY_MODES
@@ -137,8 +137,9 @@ def run_audit(
     real_conn: psycopg.Connection[Any] | None = None
     try:
         timings["connect"] = _ms(t0)
+        quiet = silence_pg_stat_statements(conn)
         version_num = int(conn.info.server_version)
-        row = conn.execute(MARKER + " SELECT current_setting('server_version')").fetchone()
+        row = conn.execute(marked("SELECT current_setting('server_version')")).fetchone()
         version = str(row[0]).split(" ")[0] if row else str(version_num)
         report.target = Target(tgt.masked(), version)
         if version_num < MIN_SERVER_VERSION:
@@ -155,6 +156,14 @@ def run_audit(
                 lock_timeout_ms=opts.lock_timeout_ms,
                 connect_timeout=opts.connect_timeout_s,
             )
+            silence_pg_stat_statements(real_conn)
+        report.notes.append(
+            "the audit's own statements are not recorded in pg_stat_statements"
+            if quiet
+            else "the audit's EXPLAIN statements are recorded in pg_stat_statements (this role "
+            "may not SET pg_stat_statements.track; on PostgreSQL 15+: GRANT SET ON PARAMETER "
+            "pg_stat_statements.track TO <role>)"
+        )
         report.notes.append(
             "read-only session (default_transaction_read_only=on, "
             f"statement_timeout={opts.statement_timeout_ms} ms, lock_timeout="
@@ -243,6 +252,24 @@ def run_audit(
     report.duration_s = time.perf_counter() - started
     sink.step(f"audit done in {report.duration_s:.1f}s: {len(report.findings)} findings")
     return report
+
+
+def silence_pg_stat_statements(conn: psycopg.Connection[Any]) -> bool:
+    """Keep this session's statements out of pg_stat_statements when the role may.
+
+    An audit explains up to thousands of distinct statements; recorded, they could push
+    the application's own entries out of ``pg_stat_statements.max``. Setting
+    ``pg_stat_statements.track = none`` for the session needs superuser or, on
+    PostgreSQL 15+, ``GRANT SET ON PARAMETER``. Returns whether it worked.
+    """
+    try:
+        # In autocommit (the audit sessions are): a setting made inside a transaction
+        # that is rolled back would not stick.
+        conn.execute(marked("SELECT set_config('pg_stat_statements.track', 'none', false)"))
+    except psycopg.Error:
+        log.debug("cannot SET pg_stat_statements.track", exc_info=True)
+        return False
+    return True
 
 
 def _ms(t0: float) -> float:

@@ -31,6 +31,16 @@ log = logging.getLogger("dbprobe.audit")
 
 MARKER = "/* dbprobe-audit */"
 
+
+def marked(sql: str) -> str:
+    """``sql`` with :data:`MARKER` after its first word: ``SELECT /* dbprobe-audit */ …``.
+
+    Not in front: pg_stat_statements on PostgreSQL 18 drops leading comments.
+    """
+    head, _, rest = sql.lstrip().partition(" ")
+    return f"{head} {MARKER} {rest}"
+
+
 # Schemas that are never the application's.
 _SYSTEM_SCHEMAS = """
     n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -61,7 +71,8 @@ def _tables_sql(version_num: int) -> str:
         if version_num >= 160000
         else "NULL::timestamptz, NULL::timestamptz"
     )
-    return f"""{MARKER}
+    return marked(
+        f"""
 SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        c.reltuples::float8, c.relpages::int8, c.relreplident::text,
        s.seq_scan, s.seq_tup_read, s.idx_scan, s.idx_tup_fetch, s.n_live_tup,
@@ -72,11 +83,13 @@ LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
 WHERE c.relkind IN ('r', 'p', 'm') AND {_SYSTEM_SCHEMAS} AND {_NOT_EXTENSION}
 ORDER BY n.nspname, c.relname
 """
+    )
 
 
 def _indexes_sql(version_num: int) -> str:
     last = "st.last_idx_scan" if version_num >= 160000 else "NULL::timestamptz"
-    return f"""{MARKER}
+    return marked(
+        f"""
 SELECT i.indexrelid::int8, n.nspname::text, c.relname::text,
        i.indrelid::int8, tn.nspname::text, tc.relname::text, am.amname::text,
        i.indnkeyatts::int, i.indisunique, i.indisprimary, i.indisexclusion,
@@ -130,9 +143,11 @@ WHERE tc.relkind IN ('r', 'p', 'm') AND {_SYSTEM_SCHEMAS.replace("n.", "tn.")}
   AND {_NOT_EXTENSION.replace("c.oid", "tc.oid")}
 ORDER BY tn.nspname, tc.relname, c.relname
 """
+    )
 
 
-_FKS_SQL = f"""{MARKER}
+_FKS_SQL = marked(
+    f"""
 SELECT con.oid::int8, con.conname::text, n.nspname::text, c.relname::text, c.oid::int8,
        ARRAY(SELECT a.attname::text
              FROM unnest(con.conkey) WITH ORDINALITY AS u(attnum, ord)
@@ -153,13 +168,16 @@ WHERE con.contype = 'f' AND con.conparentid = 0 AND {_SYSTEM_SCHEMAS}
   AND {_NOT_EXTENSION}
 ORDER BY n.nspname, c.relname, con.conname
 """
+)
 
-_STATS_SQL = f"""{MARKER}
+_STATS_SQL = marked(
+    """
 SELECT now(), pg_postmaster_start_time(),
        (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),
        current_setting('block_size')::int, current_database()::text,
        current_setting('server_version_num')::int
 """
+)
 
 
 def read_snapshot(conn: psycopg.Connection[Any]) -> CatalogSnapshot:

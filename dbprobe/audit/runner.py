@@ -17,7 +17,6 @@ Parameters, in the forms applications send them:
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -31,8 +30,6 @@ from dbprobe.analysis.sqltext import is_explainable, placeholder_style
 from dbprobe.errors import DbprobeError
 
 log = logging.getLogger("dbprobe.audit")
-
-_names = itertools.count(1)
 
 
 class ExplainError(DbprobeError):
@@ -70,6 +67,10 @@ class ExplainRunner:
         self.statement_timeout_ms = statement_timeout_ms
         self.version_num = int(conn.info.server_version)
         self.timings_ms: list[float] = []
+        # One name for every PREPARE: pg_stat_statements then records one
+        # "EXPLAIN … EXECUTE dbprobe_explain(…)" entry per arity, not one per statement.
+        self._prepared_name = "dbprobe_explain"
+        self._renames = 0
 
     @property
     def native_generic_plan(self) -> bool:
@@ -154,7 +155,7 @@ class ExplainRunner:
             row = self.conn.execute(text.encode()).fetchone()
             assert row is not None
             return row[0]
-        name = f"dbprobe_explain_{next(_names)}"
+        name = self._prepared_name
         self.conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         self.conn.execute(f"PREPARE {name} AS {sql}".encode())
         prepared.append(name)
@@ -177,6 +178,8 @@ class ExplainRunner:
             self.conn.execute(f"DEALLOCATE {name}".encode())
         except psycopg.Error:
             log.debug("DEALLOCATE %s failed", name, exc_info=True)
+            self._renames += 1
+            self._prepared_name = f"dbprobe_explain_{self._renames}"
 
 
 def _explain_error(exc: psycopg.Error) -> ExplainError:

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql as psql
 
 from dbprobe.analysis.sqltext import is_explainable
-from dbprobe.audit.catalog import MARKER
+from dbprobe.audit.catalog import marked
 
 log = logging.getLogger("dbprobe.audit")
 
@@ -70,16 +70,20 @@ def pgss_status(conn: psycopg.Connection[Any]) -> PgssStatus:
     library is proven by reading the view.
     """
     row = conn.execute(
-        MARKER + " SELECT n.nspname FROM pg_extension e "
-        "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'"
+        marked(
+            "SELECT n.nspname FROM pg_extension e "
+            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'"
+        )
     ).fetchone()
     setting = conn.execute(
-        MARKER + " SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'"
+        marked("SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'")
     ).fetchone()
     loaded: bool | None = None if setting is None else "pg_stat_statements" in str(setting[0])
     row_all = conn.execute(
-        MARKER + " SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') "
-        "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        marked(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') "
+            "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )
     ).fetchone()
     can_read_all = bool(row_all and row_all[0])
     enable = (
@@ -106,7 +110,7 @@ def pgss_status(conn: psycopg.Connection[Any]) -> PgssStatus:
     try:
         with conn.transaction(force_rollback=True):
             conn.execute(
-                psql.SQL(MARKER + " SELECT 1 FROM {}.pg_stat_statements LIMIT 1").format(
+                psql.SQL(marked("SELECT 1 FROM {}.pg_stat_statements LIMIT 1")).format(
                     psql.Identifier(schema)
                 )
             )
@@ -131,9 +135,8 @@ def top_statements(
     total = "total_exec_time" if version >= 130000 else "total_time"
     toplevel = "AND s.toplevel" if version >= 140000 else ""
     query = psql.SQL(
-        MARKER
-        + """
-SELECT max(s.queryid), s.query, sum(s.calls)::int8, sum(s.{total})::float8,
+        marked(
+            """SELECT max(s.queryid), s.query, sum(s.calls)::int8, sum(s.{total})::float8,
        sum(s.rows)::int8, sum(s.shared_blks_hit)::int8, sum(s.shared_blks_read)::int8
 FROM {schema}.pg_stat_statements s
 WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) {toplevel}
@@ -141,6 +144,7 @@ WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) 
 GROUP BY s.query
 ORDER BY sum(s.{total}) DESC
 """
+        )
     ).format(
         total=psql.Identifier(total),
         schema=psql.Identifier(schema),

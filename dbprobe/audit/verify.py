@@ -24,7 +24,7 @@ from psycopg import sql as psql
 
 from dbprobe.analysis.index_advice import IndexAdvice, Verification
 from dbprobe.analysis.plans import parse_plan, summarize
-from dbprobe.audit.catalog import MARKER
+from dbprobe.audit.catalog import marked
 from dbprobe.audit.runner import ExplainError, ExplainRunner, Params
 
 log = logging.getLogger("dbprobe.audit")
@@ -74,7 +74,7 @@ class HypopgVerifier:
         schema = psql.Identifier(self.schema)
         try:
             row = conn.execute(
-                psql.SQL(MARKER + " SELECT indexrelid FROM {}.hypopg_create_index(%s)").format(
+                psql.SQL(marked("SELECT indexrelid FROM {}.hypopg_create_index(%s)")).format(
                     schema
                 ),
                 (advice.plain_statement,),
@@ -95,7 +95,7 @@ class HypopgVerifier:
         finally:
             try:
                 conn.execute(
-                    psql.SQL(MARKER + " SELECT {}.hypopg_drop_index(%s)").format(schema), (oid,)
+                    psql.SQL(marked("SELECT {}.hypopg_drop_index(%s)")).format(schema), (oid,)
                 )
             except psycopg.Error:
                 _recover(conn)
@@ -126,7 +126,7 @@ class RealIndexVerifier:
         start = time.perf_counter()
         try:
             plan = parse_plan(
-                self.runner.explain(sql, params, setup=[MARKER + " " + advice.plain_statement])
+                self.runner.explain(sql, params, setup=[marked(advice.plain_statement)])
             )
         except ExplainError as exc:
             return Verification(
@@ -157,8 +157,10 @@ def _recover(conn: psycopg.Connection[Any]) -> None:
 def hypopg_schema(conn: psycopg.Connection[Any]) -> str | None:
     """The schema hypopg is installed in, in the connected database (``None``: not)."""
     row = conn.execute(
-        MARKER + " SELECT n.nspname FROM pg_extension e "
-        "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"
+        marked(
+            "SELECT n.nspname FROM pg_extension e "
+            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"
+        )
     ).fetchone()
     return str(row[0]) if row else None
 
@@ -167,7 +169,7 @@ def hypopg_missing_reason(conn: psycopg.Connection[Any]) -> tuple[str, str]:
     """Why hypopg cannot verify here (short), and how to fix it."""
     major = int(conn.info.server_version) // 10000
     row = conn.execute(
-        MARKER + " SELECT 1 FROM pg_available_extensions WHERE name = 'hypopg'"
+        marked("SELECT 1 FROM pg_available_extensions WHERE name = 'hypopg'")
     ).fetchone()
     alternative = "or rerun with --verify real --disposable on a disposable copy of the database"
     if row:
