@@ -293,9 +293,13 @@ class CatalogSnapshot:
 
     def table(self, schema: str | None, name: str) -> TableInfo | None:
         """The table called ``name`` (in ``schema``; any schema when ``None`` and unique)."""
-        found = [
-            t for t in self.tables if t.name == name and (schema is None or t.schema == schema)
-        ]
+        by_name: dict[str, list[TableInfo]] | None = self.__dict__.get("_by_name")
+        if by_name is None:
+            by_name = {}
+            for t in self.tables:
+                by_name.setdefault(t.name, []).append(t)
+            object.__setattr__(self, "_by_name", by_name)
+        found = [t for t in by_name.get(name, ()) if schema is None or t.schema == schema]
         return found[0] if len(found) == 1 else None
 
     def table_by_oid(self, oid: int) -> TableInfo | None:

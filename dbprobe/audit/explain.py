@@ -149,14 +149,16 @@ class StatementAnalyzer:
     def verifier(self) -> IndexVerifier:
         if self._verifier is None:
             opts = self.options
-            real = None
-            if opts.verify == "real" or (opts.verify == "auto" and opts.disposable):
-                conn = self.real_conn or self.runner.conn
-                real = lambda: ExplainRunner(  # noqa: E731
-                    conn, statement_timeout_ms=self.statement_timeout_ms
-                )
-            self._verifier = choose_verifier(self.runner, opts.verify, real_runner=real)
+            allow_real = opts.verify == "real" or (opts.verify == "auto" and opts.disposable)
+            self._verifier = choose_verifier(
+                self.runner, opts.verify, real_runner=self._real_runner if allow_real else None
+            )
         return self._verifier
+
+    def _real_runner(self) -> ExplainRunner:
+        """The session real indexes are built on: ``real_conn``, else ``conn``."""
+        conn = self.real_conn or self.runner.conn
+        return ExplainRunner(conn, statement_timeout_ms=self.statement_timeout_ms)
 
     def analyze(
         self,
@@ -194,7 +196,9 @@ class StatementAnalyzer:
                 continue
             table = snapshot.table(cand.schema, cand.relation)
             indexes = snapshot.indexes_on(table.oid) if table is not None else ()
-            taken = self._proposed.setdefault(schema, set(snapshot.relation_names(schema)))
+            taken = self._proposed.get(schema)
+            if taken is None:
+                taken = self._proposed[schema] = set(snapshot.relation_names(schema))
             advice_set = advise(cand, indexes, taken=taken)
             if not advice_set.alternatives:
                 if advice_set.served_by is not None:

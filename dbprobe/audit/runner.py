@@ -1,8 +1,9 @@
 """Run ``EXPLAIN`` safely: never executing the statement unless asked, never committing.
 
-Every EXPLAIN runs inside a transaction (a savepoint when the caller already has one)
-that is always rolled back, so whatever a verification step creates inside it (a real
-index on a disposable database) disappears with it.
+An EXPLAIN that could leave anything behind — ``setup`` statements (a real index on a
+disposable database), ``ANALYZE``, ``SET LOCAL``, a ``PREPARE`` — runs inside a
+transaction (a savepoint when the caller already has one) that is always rolled back.
+A plain EXPLAIN on an autocommit session runs on its own: it writes nothing.
 
 Parameters, in the forms applications send them:
 
@@ -108,6 +109,25 @@ class ExplainRunner:
             )
         start = time.perf_counter()
         prepared: list[str] = []
+        if (
+            self.conn.autocommit
+            and not setup
+            and not analyze
+            and self.statement_timeout_ms is None
+            and (not generic or self.native_generic_plan)
+        ):
+            # A plain EXPLAIN on an autocommit session: it runs and writes nothing on
+            # its own, so it needs no transaction around it (two round trips saved).
+            try:
+                if generic:
+                    doc = self._generic(sql, options, prepared)
+                else:
+                    doc = self._bound(sql, params, style, options)
+            except psycopg.Error as exc:
+                raise _explain_error(exc) from None
+            finally:
+                self.timings_ms.append((time.perf_counter() - start) * 1000.0)
+            return _plans(doc)
         try:
             with self.conn.transaction(force_rollback=True):
                 if self.statement_timeout_ms is not None:
@@ -128,11 +148,7 @@ class ExplainRunner:
             for name in prepared:
                 self._deallocate(name)
             self.timings_ms.append((time.perf_counter() - start) * 1000.0)
-        if isinstance(doc, str):
-            doc = json.loads(doc)
-        if not isinstance(doc, list) or not doc:
-            raise ExplainError("EXPLAIN returned no plan")
-        return doc
+        return _plans(doc)
 
     # -- forms ----------------------------------------------------------------------------
     def _bound(self, sql: str, params: Params, style: str, options: list[str]) -> Any:
@@ -180,6 +196,14 @@ class ExplainRunner:
             log.debug("DEALLOCATE %s failed", name, exc_info=True)
             self._renames += 1
             self._prepared_name = f"dbprobe_explain_{self._renames}"
+
+
+def _plans(doc: Any) -> list[Any]:
+    if isinstance(doc, str):
+        doc = json.loads(doc)
+    if not isinstance(doc, list) or not doc:
+        raise ExplainError("EXPLAIN returned no plan")
+    return doc
 
 
 def _explain_error(exc: psycopg.Error) -> ExplainError:
