@@ -44,7 +44,9 @@ def build(pg: PostgresServer) -> str:
     with pg.connect(db) as conn:
         for i in range(1, TABLES + 1):
             rows = LARGE_ROWS if i % LARGE_EVERY == LARGE_EVERY // 2 else SMALL_ROWS
-            fk = f", parent_id bigint REFERENCES t_{i - 1:04d} (id)" if i > 1 else ", parent_id bigint"
+            fk = ", parent_id bigint"
+            if i > 1:
+                fk += f" REFERENCES t_{i - 1:04d} (id)"
             conn.execute(
                 f"CREATE TABLE t_{i:04d} (id bigint PRIMARY KEY, ref text NOT NULL, grp int{fk});"
                 f"INSERT INTO t_{i:04d} SELECT g, 'r' || g, g % 10, "
