@@ -367,9 +367,11 @@ def _explain_top_statements(
             RULES["check-skipped"].finding(
                 f"{sum(failures.values())} of {total} top statements could not be explained "
                 f"({', '.join(f'{n} {k}' for k, n in sorted(failures.items()))})",
-                "Statements that fail for privileges need SELECT on their tables for the audit "
-                "role; 'error' usually means a text pg_stat_statements truncated "
-                "(track_activity_query_size) or a relation that no longer exists.",
+                "privilege: grant the audit role SELECT on the tables involved; generic: "
+                "pg_stat_statements replaced a typed literal by $n (interval $1), analyse it "
+                "with values (dbprobe explain URL SQL --param …); missing-relation: a "
+                "temporary or dropped table; error: often a text truncated by "
+                "track_activity_query_size.",
                 fingerprint="check-skipped:explain",
                 evidence={"failures": failures, "examples": examples},
             )

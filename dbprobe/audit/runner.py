@@ -36,7 +36,9 @@ log = logging.getLogger("dbprobe.audit")
 class ExplainError(DbprobeError):
     """EXPLAIN failed for one statement (syntax, privileges, timeout ...): one line.
 
-    ``kind`` is ``privilege``, ``timeout``, ``unsupported`` or ``error``.
+    ``kind`` is ``privilege``, ``timeout``, ``unsupported``, ``generic`` (a ``$n`` text
+    that cannot be planned without values, e.g. ``interval $1`` from pg_stat_statements'
+    normalisation), ``missing-relation`` or ``error``.
     """
 
     def __init__(self, message: str, kind: str = "error") -> None:
@@ -124,7 +126,7 @@ class ExplainRunner:
                 else:
                     doc = self._bound(sql, params, style, options)
             except psycopg.Error as exc:
-                raise _explain_error(exc) from None
+                raise _explain_error(exc, generic=generic) from None
             finally:
                 self.timings_ms.append((time.perf_counter() - start) * 1000.0)
             return _plans(doc)
@@ -143,7 +145,7 @@ class ExplainRunner:
                 else:
                     doc = self._bound(sql, params, style, options)
         except psycopg.Error as exc:
-            raise _explain_error(exc) from None
+            raise _explain_error(exc, generic=generic) from None
         finally:
             for name in prepared:
                 self._deallocate(name)
@@ -206,7 +208,11 @@ def _plans(doc: Any) -> list[Any]:
     return doc
 
 
-def _explain_error(exc: psycopg.Error) -> ExplainError:
+# syntax error, indeterminate datatype, ambiguous function, undefined function/operator
+_GENERIC_TEXT_ERRORS = frozenset({"42601", "42P18", "42725", "42883"})
+
+
+def _explain_error(exc: psycopg.Error, *, generic: bool = False) -> ExplainError:
     sqlstate = getattr(exc, "sqlstate", None) or ""
     diag = getattr(exc, "diag", None)
     first = (getattr(diag, "message_primary", None) or str(exc)).strip().splitlines()[0]
@@ -218,4 +224,8 @@ def _explain_error(exc: psycopg.Error) -> ExplainError:
         return ExplainError(f"lock not available within lock_timeout: {first}", "timeout")
     if sqlstate == "25006":
         return ExplainError(f"the session is read-only: {first}", "privilege")
+    if sqlstate == "42P01":
+        return ExplainError(first, "missing-relation")
+    if generic and sqlstate in _GENERIC_TEXT_ERRORS:
+        return ExplainError(f"cannot be planned without parameter values: {first}", "generic")
     return ExplainError(first)
