@@ -282,3 +282,18 @@ def test_schema_filters(audited_shop: AuditedShop) -> None:
     assert not [f for f in report.findings if f.rule != "check-skipped"]
     report = run_audit(audited_shop.target, AuditOptions(schemas=("public",), verify="none"))
     assert any(f.rule == "unindexed-lookup" for f in report.findings)
+
+
+def test_cold_start_sample_when_the_probe_is_installed(audited_shop: AuditedShop) -> None:
+    report = run_audit(audited_shop.target, AuditOptions(verify="none", top=1))
+    try:
+        import dbprobe.coldstart  # noqa: F401
+    except ImportError:
+        assert any("cold-start sample not included" in n for n in report.notes)
+        assert "coldstart" not in report.metrics
+    else:
+        assert report.metrics["coldstart"], "the audit hook ran the cold-start sample"
+        validate_report(report.to_dict())
+    skipped = run_audit(audited_shop.target, AuditOptions(verify="none", top=1, coldstart=False))
+    assert "coldstart" not in skipped.metrics
+    assert "coldstart" not in skipped.metrics["audit"]["timings_ms"]
