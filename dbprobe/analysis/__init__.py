@@ -1,5 +1,7 @@
 """Pure analysis: plain data in, findings out. Nothing here opens a connection.
 
+Fingerprints, N+1 grouping, plan and statistics analysis. For the audit:
+
 * :mod:`dbprobe.analysis.catalog` — typed snapshots of the system catalog and the
   statistics views (what :mod:`dbprobe.audit.catalog` reads).
 * :mod:`dbprobe.analysis.plans` — ``EXPLAIN (FORMAT JSON)`` parsed into
