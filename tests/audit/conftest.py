@@ -54,7 +54,11 @@ def build_shop(server: PostgresServer) -> str:
 
 
 def run_workload(server: PostgresServer, database: str, rounds: int = WORKLOAD_ROUNDS) -> None:
-    """Run every shop flow ``rounds`` times and wait until the counters show it."""
+    """Run every shop flow ``rounds`` times and wait until the counters show it.
+
+    Backends flush their statistics when they exit, before they leave pg_stat_activity:
+    once the workload's sessions are gone, every counter they touched is visible.
+    """
     from fixtures.shop import workload
 
     engine = create_engine(server.url(database))
@@ -68,11 +72,17 @@ def run_workload(server: PostgresServer, database: str, rounds: int = WORKLOAD_R
         engine.dispose()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        sessions = server.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'",
+            database,
+        )
         rows = server.execute(
             "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'stock_movements'",
             database,
         )
-        if rows and (rows[0][0] or 0) >= rounds:
+        if sessions[0][0] == 0 and rows and (rows[0][0] or 0) >= rounds:
             return
         time.sleep(0.05)
     raise AssertionError("the workload's scans never reached pg_stat_user_tables")
