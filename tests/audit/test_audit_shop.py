@@ -57,7 +57,7 @@ def matches(finding: Finding, problem: Problem | Any) -> bool:
 @pytest.fixture(scope="session")
 def shop_report(audited_shop: AuditedShop) -> Report:
     # auto + disposable: hypopg where it is installed, real indexes rolled back elsewhere
-    return run_audit(audited_shop.target, AuditOptions(disposable=True))
+    return run_audit(audited_shop.target, AuditOptions(coldstart=False, disposable=True))
 
 
 @pytest.mark.parametrize("problem", PLANTED, ids=[p.id for p in PLANTED])
@@ -133,7 +133,7 @@ def test_unverified_without_hypopg(fresh_shop: AuditedShop) -> None:
     "not verified", with how to install hypopg."""
     if fresh_shop.has_hypopg:
         fresh_shop.server.execute("DROP EXTENSION hypopg", fresh_shop.database)
-    report = run_audit(fresh_shop.target, AuditOptions(min_seq_scans=1))
+    report = run_audit(fresh_shop.target, AuditOptions(coldstart=False, min_seq_scans=1))
     (lookup,) = [f for f in report.findings if f.rule == "unindexed-lookup"]
     assert lookup.severity is Severity.WARNING
     assert "not verified: hypopg is not installed" in lookup.message
@@ -205,7 +205,9 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
         target = dataclasses.replace(target, user=role, password=password)
     try:
         before = _state(fresh_shop)
-        report = run_audit(target, AuditOptions(disposable=disposable, min_seq_scans=1))
+        report = run_audit(
+            target, AuditOptions(coldstart=False, disposable=disposable, min_seq_scans=1)
+        )
         assert any(f.rule == "unindexed-lookup" for f in report.findings)
         after = _state(fresh_shop)
     finally:
@@ -233,7 +235,7 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
 
 def test_pg_stat_statements_missing(fresh_shop: AuditedShop) -> None:
     fresh_shop.server.execute("DROP EXTENSION pg_stat_statements", fresh_shop.database)
-    report = run_audit(fresh_shop.target, AuditOptions())
+    report = run_audit(fresh_shop.target, AuditOptions(coldstart=False))
     (missing,) = [f for f in report.findings if f.rule == "pg-stat-statements-missing"]
     assert missing.severity is Severity.INFO
     assert "CREATE EXTENSION pg_stat_statements" in missing.recommendation
@@ -256,7 +258,7 @@ def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> Non
         # sees every statement but may not read the tables: EXPLAIN fails per statement
         report = run_audit(
             dataclasses.replace(fresh_shop.target, user=stats_role, password=password),
-            AuditOptions(),
+            AuditOptions(coldstart=False),
         )
         skipped = [f for f in report.findings if f.rule == "check-skipped"]
         assert len(skipped) == 1 and skipped[0].severity is Severity.INFO
@@ -267,7 +269,7 @@ def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> Non
         # without pg_read_all_stats the application's statements are hidden: a note
         report = run_audit(
             dataclasses.replace(fresh_shop.target, user=plain_role, password=password),
-            AuditOptions(),
+            AuditOptions(coldstart=False),
         )
         assert any("pg_read_all_stats" in n for n in report.notes)
         assert report.metrics["audit"]["statements"]["hidden"] >= 1
@@ -278,9 +280,13 @@ def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> Non
 
 
 def test_schema_filters(audited_shop: AuditedShop) -> None:
-    report = run_audit(audited_shop.target, AuditOptions(exclude_schemas=("pub*",)))
+    report = run_audit(
+        audited_shop.target, AuditOptions(coldstart=False, exclude_schemas=("pub*",))
+    )
     assert not [f for f in report.findings if f.rule != "check-skipped"]
-    report = run_audit(audited_shop.target, AuditOptions(schemas=("public",), verify="none"))
+    report = run_audit(
+        audited_shop.target, AuditOptions(coldstart=False, schemas=("public",), verify="none")
+    )
     assert any(f.rule == "unindexed-lookup" for f in report.findings)
 
 
