@@ -163,6 +163,11 @@ def test_open_loop_over_capacity_grows_without_bound() -> None:
     assert "backlog" in verdict.reason
     under = next(s for s in steps if s.offered_rate == 200.0)
     assert under.backlog == 0
+    assert "load generator" not in verdict.reason
+    # the same step with the client saturated: the verdict says the client may be to blame
+    busy = [dataclasses.replace(s, client_cpu=0.97) if s.offered_rate == 2000.0 else s
+            for s in steps]  # fmt: skip
+    assert "load generator used 0.97 of a core" in judge_exhaustion(busy, 4, 2.0).reason
 
 
 # -- degradation -----------------------------------------------------------------------

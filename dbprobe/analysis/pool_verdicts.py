@@ -314,6 +314,11 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
             )
         if unbounded:
             parts.append(unbounded)
+        if step.client_cpu >= CLIENT_BOUND_CPU:
+            parts.append(
+                f"the load generator used {step.client_cpu:.2f} of a core in this step, so "
+                "part of it may be the client falling behind"
+            )
         found.append(
             StepExhaustion(
                 concurrency=step.concurrency,
