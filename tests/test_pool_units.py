@@ -114,7 +114,7 @@ def test_summarise_counts_only_the_window_and_keeps_every_percentile_exact() -> 
     assert step.completed == pytest.approx(2000, abs=2)
     assert step.throughput_qps == pytest.approx(1000, rel=0.01)
     assert step.throughput.unit == "q/s"
-    assert step.throughput.n == 10  # intervals of 0.2 s
+    assert step.throughput.n == 20  # intervals of 0.1 s
     assert all(v == pytest.approx(1000, rel=0.02) for v in step.throughput.samples or ())
     assert step.acquire_wait.p50 == pytest.approx(2.0)
     assert step.query_latency.p99 == pytest.approx(1.0)
@@ -122,7 +122,7 @@ def test_summarise_counts_only_the_window_and_keeps_every_percentile_exact() -> 
     assert step.timeout_kinds == {"psycopg-pool-timeout": 1}
     assert step.timeout_wait.max == pytest.approx(50.0)
     assert step.errors == {"too-many-clients": 1}
-    assert len(step.interval_wait_p50) == 10
+    assert len(step.interval_wait_p50) == 20
     metrics = step.to_metrics()
     assert "lag" not in metrics
 

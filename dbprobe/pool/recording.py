@@ -282,8 +282,9 @@ class StepResult:
 
 
 def interval_for(window_s: float) -> float:
-    """Throughput interval: a tenth of the window, between 50 ms and 1 s."""
-    return min(1.0, max(0.05, window_s / 10.0))
+    """Throughput interval: a twentieth of the window, between 25 ms and 1 s, so a step
+    has enough per-interval rates for ``dbprobe compare`` to test (it wants 10 a side)."""
+    return min(1.0, max(0.025, window_s / 20.0))
 
 
 def _median(values: Sequence[float]) -> float:
