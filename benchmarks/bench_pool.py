@@ -248,11 +248,24 @@ def pgbench_path() -> str:
     raise SystemExit("pgbench not found (apt install postgresql-client)")
 
 
+def _pgbench_env(pg: PostgresServer) -> dict[str, str]:
+    env = dict(os.environ)
+    if pg.password is not None:
+        env["PGPASSWORD"] = pg.password
+    return env
+
+
 def pgbench_init(pg: PostgresServer, db: str) -> None:
     address = ["-h", pg.host, "-p", str(pg.port), "-U", pg.user]
-    subprocess.run(
-        [pgbench_path(), "-i", "-s", "1", "-q", *address, db], check=True, capture_output=True
+    proc = subprocess.run(
+        [pgbench_path(), "-i", "-s", "1", "-q", *address, db],
+        capture_output=True,
+        text=True,
+        env=_pgbench_env(pg),
+        check=False,
     )
+    if proc.returncode:
+        raise SystemExit(f"pgbench -i failed: {proc.stderr.strip()}")
 
 
 def pgbench(pg: PostgresServer, db: str, clients: int, seconds: float) -> dict[str, float]:
@@ -263,6 +276,7 @@ def pgbench(pg: PostgresServer, db: str, clients: int, seconds: float) -> dict[s
         check=True,
         capture_output=True,
         text=True,
+        env=_pgbench_env(pg),
     ).stdout  # fmt: skip
     match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
     if not match:
