@@ -9,7 +9,8 @@ Workload: ``SELECT abalance FROM pgbench_accounts WHERE aid = 42`` (select-only,
 ``pgbench -S``) on a ``pgbench -i -s 1`` database over TCP; pool size = workers,
 overflow 0, acquire timeout 30 s, one transaction per request (as ``pool.connection()``
 / ``engine.begin()`` do; asyncpg runs in autocommit). The bare loops configure their
-pools exactly like the harness (an asyncpg acquire with a timeout costs a task per
+pools exactly like the harness — same session settings (application_name,
+statement_timeout) and timeouts (an asyncpg acquire with a timeout costs a task per
 call: both pay it). Rounds interleave harness and bare (order alternating
 per round) so drift on a shared machine hits both. Budget: harness ≥ 0.9 × bare.
 """
@@ -38,6 +39,11 @@ from dbprobe.pg import PostgresServer, throwaway
 from dbprobe.pool import StressConfig, Workload
 from dbprobe.pool import _async as async_driver
 from dbprobe.pool import _sync as sync_driver
+from dbprobe.pool._compat import (
+    psycopg_connect_kwargs,
+    sqlalchemy_async_connect_args,
+    sqlalchemy_connect_args,
+)
 from dbprobe.pool.config import ASYNC_KINDS, parse_pools
 from dbprobe.pool.control import RunControl
 from dbprobe.pool.runner import ADAPTERS
@@ -128,12 +134,18 @@ async def _measure_tasks(make: Callable[[int, list[int], asyncio.Event], Any], w
 
 def bare(kind: str, target: DatabaseTarget, workers: int, seconds: float) -> dict[str, float]:
     warmup = _config(workers, seconds).warmup_s
-    app = {"application_name": f"dbprobe-bench-bare-{kind}"}
+    # The same session settings as the harness's pools (application_name, statement
+    # timeout, connect timeout): only the driving loop differs.
+    config = _config(workers, seconds)
+    app_name = f"dbprobe-bench-bare-{kind}"
     if kind == "sqlalchemy":
         from sqlalchemy import create_engine, text
 
         engine = create_engine(
-            target.sqlalchemy_url("psycopg"), pool_size=workers, max_overflow=0, connect_args=app
+            target.sqlalchemy_url("psycopg"),
+            pool_size=workers,
+            max_overflow=0,
+            connect_args=sqlalchemy_connect_args(target, app_name, config),
         )
         stmt = text(SQL)
 
@@ -151,7 +163,11 @@ def bare(kind: str, target: DatabaseTarget, workers: int, seconds: float) -> dic
         from psycopg_pool import ConnectionPool
 
         pool = ConnectionPool(
-            target.libpq_dsn(), min_size=workers, max_size=workers, kwargs=app, open=True
+            target.libpq_dsn(),
+            min_size=workers,
+            max_size=workers,
+            kwargs=psycopg_connect_kwargs(target, app_name, config),
+            open=True,
         )
         pool.wait()
 
@@ -171,6 +187,7 @@ def bare(kind: str, target: DatabaseTarget, workers: int, seconds: float) -> dic
 async def _bare_async(
     kind: str, target: DatabaseTarget, workers: int, warmup: float, seconds: float
 ) -> dict[str, float]:
+    config = _config(workers, seconds)
     if kind == "sqlalchemy-async":
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import create_async_engine
@@ -179,7 +196,7 @@ async def _bare_async(
             target.sqlalchemy_url("asyncpg"),
             pool_size=workers,
             max_overflow=0,
-            connect_args={"server_settings": {"application_name": "dbprobe-bench-bare"}},
+            connect_args=sqlalchemy_async_connect_args(target, "dbprobe-bench-bare", config),
         )
         stmt = text(SQL)
 
@@ -200,7 +217,7 @@ async def _bare_async(
             target.libpq_dsn(),
             min_size=workers,
             max_size=workers,
-            kwargs={"application_name": "dbprobe-bench-bare"},
+            kwargs=psycopg_connect_kwargs(target, "dbprobe-bench-bare", config),
             open=False,
         )
         await pool.open(wait=True)
@@ -221,7 +238,10 @@ async def _bare_async(
         **target.asyncpg_kwargs(),
         min_size=workers,
         max_size=workers,
-        server_settings={"application_name": "dbprobe-bench-bare"},
+        server_settings={
+            "application_name": "dbprobe-bench-bare",
+            "statement_timeout": str(config.statement_timeout_ms),
+        },
     )
 
     timeout = _config(workers, seconds).timeout_s  # the harness's pools have a timeout too
