@@ -113,13 +113,13 @@ def test_open_loop_over_capacity_reports_the_queue(pg: PostgresServer) -> None:
     doc = checked(stress(pg.dsn(), "psycopg-async", config=config))
     steps = doc["metrics"]["pool"]["psycopg-async"]["steps"]
     under, over = (s for s in steps if s["offered_rate"] is not None)
-    assert under["backlog"] == 0
-    assert under["throughput_qps"] == pytest.approx(50, rel=0.6)
+    assert under["backlog"] <= 5  # a stall of the loaded machine may leave a few due
+    assert 15 <= under["throughput_qps"] <= 90  # Poisson arrivals at 50/s for 0.5 s
     assert over["backlog"] > 100
     assert over["throughput_qps"] < 0.5 * 2000
-    # latency counts from the scheduled start: queueing shows in response time, not in
-    # the acquire wait of the requests that did start
-    assert over["response_time"]["p99"] > 10 * over["acquire_wait"]["p99"]
+    # latency counts from the scheduled start: the queue in front of the pool shows in
+    # the response time and the lag, far beyond one request's 10 ms
+    assert over["response_time"]["p99"] > 100
     assert over["lag"]["p99"] > 50
     exhaustion = [f for f in doc["findings"] if f["rule"] == "pool-exhaustion"]
     assert exhaustion and "2000 requests/s offered" in exhaustion[0]["message"]
