@@ -1,0 +1,271 @@
+"""ORM context of a captured statement, derived (lazily, off the hot path) from the
+statement SQLAlchemy executed and its execution options.
+
+These are the same facts :class:`sqlalchemy.orm.ORMExecuteState` exposes in the
+``do_orm_execute`` event (``lazy_loaded_from``, ``loader_strategy_path``,
+``is_column_load``, ``bind_mapper``), read from the executed statement so that the hot
+path costs nothing for them. Works with SQLAlchemy 2.0 and 2.1; any attribute that is
+missing in some release yields "unknown", never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dbprobe.capture.log import OrmContext, StatementShape
+
+__all__ = ["eager_options", "loader_option", "orm_context", "statement_shape"]
+
+log = logging.getLogger("dbprobe.capture")
+
+_AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_or", "array_agg"})
+
+
+def _class_name(entity: Any) -> str | None:
+    class_ = getattr(entity, "class_", None)
+    return getattr(class_, "__name__", None) if class_ is not None else None
+
+
+def _prop_name(prop: Any) -> str:
+    parent = getattr(prop, "parent", None)
+    owner = _class_name(parent) or "?"
+    return f"{owner}.{getattr(prop, 'key', '?')}"
+
+
+def _path_props(path: Any) -> list[Any]:
+    """The relationship properties along a PathRegistry, root first."""
+    natural = getattr(path, "natural_path", None) or getattr(path, "path", ()) or ()
+    return [p for p in natural if hasattr(p, "uselist") and hasattr(p, "key")]
+
+
+def _subject(stmt: Any) -> Any:
+    attrs = getattr(stmt, "_propagate_attrs", None) or {}
+    if attrs.get("compile_state_plugin") != "orm":
+        return None
+    return attrs.get("plugin_subject")
+
+
+def orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
+    """The :class:`OrmContext` of an executed statement, or ``None`` for Core/raw SQL."""
+    if stmt is None:
+        return None
+    try:
+        return _orm_context(stmt, exec_options)
+    except Exception:  # introspection of internals: never let it break a capture
+        log.debug("could not read the ORM context of %r", stmt, exc_info=True)
+        return None
+
+
+def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
+    subject = _subject(stmt)
+    if subject is None:
+        return None
+    mapper = getattr(subject, "mapper", None)
+    entity = _class_name(mapper)
+    if getattr(stmt, "is_dml", False):
+        return OrmContext(entity=entity, dml=True)
+    compile_options = getattr(stmt, "_compile_options", None)
+    current_path = getattr(compile_options, "_current_path", None)
+    refresh = bool(getattr(compile_options, "_for_refresh_state", False))
+    load_options = (exec_options or {}).get("_sa_orm_load_options")
+    lazy_from = getattr(load_options, "_lazy_loaded_from", None)
+
+    relationship = parent = None
+    path: tuple[str, ...] = ()
+    collections: tuple[bool, ...] = ()
+    props = _path_props(current_path) if current_path is not None else []
+    if props:
+        last = props[-1]
+        relationship = _prop_name(last)
+        collections = tuple(bool(p.uselist) for p in props)
+        path = tuple(_prop_name(p) for p in props)
+    if lazy_from is not None:
+        parent = getattr(getattr(lazy_from, "class_", None), "__name__", None)
+    pk_get = _is_pk_get(stmt, mapper)
+    return OrmContext(
+        entity=entity,
+        relationship=relationship,
+        lazy=lazy_from is not None,
+        parent=parent,
+        path=path,
+        collections=collections,
+        pk_get=pk_get,
+        refresh=refresh,
+        eager=eager_options(stmt),
+    )
+
+
+def _is_pk_get(stmt: Any, mapper: Any) -> bool:
+    criteria = getattr(stmt, "_where_criteria", ())
+    if len(criteria) != 1 or mapper is None:
+        return False
+    get_clause = getattr(mapper, "_get_clause", None)
+    if not get_clause:
+        return False
+    return criteria[0] is get_clause[0]
+
+
+_EAGER = {"joined", "selectin", "subquery", "immediate"}
+
+
+def eager_options(stmt: Any) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """Eager loader options on a statement as ``(path, strategy)``, e.g.
+    ``(("Order.items", "OrderItem.product"), "joined")``."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for option in getattr(stmt, "_with_options", ()) or ():
+        for element in getattr(option, "context", ()) or ():
+            strategy = getattr(element, "strategy", None)
+            name = dict(strategy).get("lazy") if strategy else None
+            if name not in _EAGER:
+                continue
+            props = _path_props(getattr(element, "path", None))
+            if props:
+                out.append((tuple(_prop_name(p) for p in props), str(name)))
+    return tuple(out)
+
+
+def _expr_name(expr: Any) -> str | None:
+    """Python spelling of a column expression: ``Review.product_id``,
+    ``reviews.c.product_id``, ``func.count()``; ``None`` when unknown."""
+    annotations = getattr(expr, "_annotations", None) or {}
+    parententity = annotations.get("parententity")
+    if parententity is not None:
+        owner = _class_name(parententity)
+        key = annotations.get("proxy_key") or getattr(expr, "key", None)
+        if owner and key:
+            return f"{owner}.{key}"
+    name = getattr(expr, "name", None)
+    fn_name = getattr(expr, "_compiler_dispatch", None) and type(expr).__name__
+    if getattr(expr, "_is_function", False) or fn_name in ("count", "Function", "GenericFunction"):
+        func = getattr(expr, "name", None) or "func"
+        return f"func.{func}()"
+    table = getattr(expr, "table", None)
+    if name and table is not None and getattr(table, "name", None):
+        return f"{table.name}.c.{name}"
+    return None
+
+
+def statement_shape(stmt: Any, compiled: Any) -> StatementShape | None:
+    """Selected expressions and bound equality filters of a SELECT, or ``None``."""
+    # The compiled form knows the rendered bind names of *its* statement's parameters.
+    compiled_stmt = getattr(compiled, "statement", None)
+    if compiled_stmt is not None:
+        stmt = compiled_stmt
+    if stmt is None or not getattr(stmt, "is_select", False):
+        return None
+    try:
+        return _statement_shape(stmt, compiled)
+    except Exception:  # introspection of internals: best effort
+        log.debug("could not read the shape of %r", stmt, exc_info=True)
+        return None
+
+
+def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
+    subject = _subject(stmt)
+    mapper = getattr(subject, "mapper", None)
+    entity = _class_name(mapper)
+    columns: list[str] = []
+    aggregate = True
+    any_column = False
+    for desc in getattr(stmt, "column_descriptions", ()) or ():
+        expr = desc.get("expr")
+        ent = desc.get("entity")
+        if desc.get("type") is not None and getattr(expr, "__mapper__", None) is not None:
+            columns.append(expr.__name__)
+            aggregate = False
+            any_column = True
+            continue
+        name = _expr_name(expr)
+        if name and name.startswith("func."):
+            fname = name[5:-2]
+            columns.append(name)
+            if fname not in _AGGREGATES:
+                aggregate = False
+        else:
+            columns.append(name or str(desc.get("name")))
+            aggregate = False
+            any_column = True
+        if entity is None and ent is not None:
+            entity = _class_name(getattr(ent, "__mapper__", None) or ent)
+    if not any_column and not columns:
+        aggregate = False
+    positions: dict[str, int] = {}
+    positiontup = getattr(compiled, "positiontup", None)
+    if positiontup:
+        positions = {name: index for index, name in enumerate(positiontup)}
+    filters: list[tuple[str, str | int]] = []
+    where = getattr(stmt, "whereclause", None)
+    for clause in _conjuncts(where):
+        left = getattr(clause, "left", None)
+        right = getattr(clause, "right", None)
+        operator = getattr(getattr(clause, "operator", None), "__name__", "")
+        if operator != "eq" or left is None or right is None:
+            continue
+        if type(right).__name__ != "BindParameter":
+            left, right = right, left
+        if type(right).__name__ != "BindParameter":
+            continue
+        name = _expr_name(left)
+        bind_names = getattr(compiled, "bind_names", None) or {}
+        key = bind_names.get(right) or getattr(right, "key", None)
+        if name is None or key is None:
+            continue
+        ref: str | int = positions.get(key, key) if positions else key
+        filters.append((name, ref))
+    table = None
+    froms = getattr(stmt, "get_final_froms", None)
+    if callable(froms):
+        for from_ in froms():
+            table = getattr(from_, "name", None)
+            if table:
+                break
+    pk: tuple[str, ...] = ()
+    if mapper is not None:
+        pk = tuple(
+            getattr(mapper.get_property_by_column(col), "key", col.key)
+            for col in mapper.primary_key
+        )
+    return StatementShape(
+        entity=entity,
+        table=table,
+        columns=tuple(columns),
+        filters=tuple(filters),
+        aggregate=aggregate and bool(columns),
+        pk=pk,
+    )
+
+
+def _conjuncts(clause: Any) -> list[Any]:
+    if clause is None:
+        return []
+    operator = getattr(getattr(clause, "operator", None), "__name__", "")
+    if operator == "and_" and hasattr(clause, "clauses"):
+        out: list[Any] = []
+        for sub in clause.clauses:
+            out.extend(_conjuncts(sub))
+        return out
+    return [clause]
+
+
+def loader_option(path: tuple[str, ...], strategies: tuple[str, ...], registry: Any) -> Any:
+    """Build the loader option for ``path`` (``("Order.items", "OrderItem.product")``)
+    with one strategy per step (``selectin``, ``joined``, ...), resolving class names
+    through ``registry`` (a mapping of class name to mapped class)."""
+    from sqlalchemy import orm
+
+    functions = {
+        "joined": orm.joinedload,
+        "selectin": orm.selectinload,
+        "subquery": orm.subqueryload,
+        "immediate": orm.immediateload,
+    }
+    option: Any = None
+    for step, strategy in zip(path, strategies):
+        owner, _, attr = step.partition(".")
+        attribute = getattr(registry[owner], attr)
+        if option is None:
+            option = functions[strategy](attribute)
+        else:
+            option = getattr(option, functions[strategy].__name__)(attribute)
+    return option

@@ -1,0 +1,395 @@
+"""Capture scopes: ``dbprobe.capture()`` and ``dbprobe.ignore()``.
+
+A scope is bound to the current :mod:`contextvars` context, so concurrent asyncio tasks
+and threads each see only their own scopes (a task created inside a scope inherits it;
+SQLAlchemy's asyncio greenlets share their task's context). Scopes nest: a statement is
+recorded in the innermost scope and in every enclosing one. ``all_threads=True`` makes a
+scope see every statement of the process, whatever thread or task ran it (the pytest
+plugin's per-test scope works that way).
+
+The SQLAlchemy listeners (``before_cursor_execute``, ``after_cursor_execute``,
+``handle_error``, ``commit``, ``rollback`` on the :class:`~sqlalchemy.engine.Engine`
+class, so every engine, sync or async, is covered) are installed while at least one
+scope is open and removed with the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
+
+from dbprobe.capture.callsite import CallSiteResolver
+from dbprobe.capture.log import Boundary, QueryLog, StatementRecord
+
+__all__ = ["Capture", "IgnoreBlock", "capture", "ignore", "resolver"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# (QueryLog, engines filter or None) of the scopes open in this context, innermost last.
+_context_scopes: contextvars.ContextVar[tuple[Capture, ...]] = contextvars.ContextVar(
+    "dbprobe_scopes", default=()
+)
+_ignored: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "dbprobe_ignored", default=None
+)
+_suspend: contextvars.ContextVar[bool] = contextvars.ContextVar("dbprobe_suspend", default=False)
+_process_scopes: tuple[Capture, ...] = ()
+_lock = threading.RLock()
+_installed = 0
+_seq = itertools.count(1)
+_resolver = CallSiteResolver()
+_perf_ns = time.perf_counter_ns
+_RECORD_ATTR = "_dbprobe_record"
+
+
+def resolver() -> CallSiteResolver:
+    """The process-wide call-site resolver (its per-file decisions are shared)."""
+    return _resolver
+
+
+def configure_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[str] = ()) -> None:
+    """Add application / library directories for call-site resolution (process-wide)."""
+    global _resolver
+    apps = {os.path.abspath(p) for p in app_paths}
+    libs = {os.path.abspath(p) for p in library_paths}
+    current_apps = {a.rstrip(os.sep) for a in _resolver.app_paths}
+    current_libs = {a.rstrip(os.sep) for a in _resolver.library_paths}
+    if apps <= current_apps and libs <= current_libs:
+        return
+    _resolver = CallSiteResolver(
+        app_paths=sorted(current_apps | apps),
+        library_paths=sorted((libs | _extra_libs(current_libs))),
+    )
+
+
+def _extra_libs(current: set[str]) -> set[str]:
+    defaults = {d.rstrip(os.sep) for d in CallSiteResolver().library_paths}
+    return current - defaults
+
+
+# -- the listeners (hot path) ------------------------------------------------------------
+
+
+def _targets() -> tuple[Capture, ...]:
+    scopes = _context_scopes.get()
+    process = _process_scopes
+    if process:
+        if scopes:
+            return scopes + tuple(s for s in process if s not in scopes)
+        return process
+    return scopes
+
+
+def _before_cursor_execute(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    scopes = _context_scopes.get()
+    if _process_scopes:
+        scopes = _targets()
+    if not scopes or _suspend.get():
+        return
+    engine = conn.engine
+    site = _resolver.resolve(1)
+    try:
+        connection = id(conn.connection.dbapi_connection)
+    except Exception:  # a closed or invalidated connection: still record the statement
+        connection = 0
+    record = StatementRecord(
+        next(_seq),
+        statement,
+        parameters,
+        executemany,
+        site,
+        connection,
+        engine,
+        engine.dialect.name,
+        getattr(context, "invoked_statement", None),
+        getattr(context, "execution_options", None),
+        getattr(context, "compiled", None),
+        _ignored.get(),
+    )
+    for scope in scopes:
+        if scope.engines is None or engine in scope.engines:
+            scope.log.statements.append(record)
+    if context is not None:
+        setattr(context, _RECORD_ATTR, record)
+    record.start_ns = _perf_ns()
+
+
+def _after_cursor_execute(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    end = _perf_ns()
+    record = context.__dict__.pop(_RECORD_ATTR, None) if context is not None else None
+    if record is None:
+        return
+    record.duration_ns = end - record.start_ns
+    try:
+        record.rowcount = cursor.rowcount
+    except Exception:  # some drivers raise on rowcount after certain statements
+        record.rowcount = -1
+
+
+def _handle_error(exception_context: Any) -> None:
+    end = _perf_ns()
+    context = exception_context.execution_context
+    record = context.__dict__.pop(_RECORD_ATTR, None) if context is not None else None
+    if record is None:
+        return
+    record.duration_ns = end - record.start_ns
+    record.error = type(exception_context.original_exception).__name__
+
+
+def _boundary(kind: str) -> Callable[[Any], None]:
+    def listener(conn: Any) -> None:
+        scopes = _targets()
+        if not scopes or _suspend.get():
+            return
+        try:
+            connection = id(conn.connection.dbapi_connection)
+        except Exception:
+            connection = 0
+        for scope in scopes:
+            scope.log.boundaries.append(Boundary(len(scope.log.statements), kind, connection))
+
+    listener.__name__ = f"_dbprobe_{kind}"
+    return listener
+
+
+_commit = _boundary("commit")
+_rollback = _boundary("rollback")
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        _installed += 1
+        if _installed > 1:
+            return
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
+        event.listen(Engine, "handle_error", _handle_error)
+        event.listen(Engine, "commit", _commit)
+        event.listen(Engine, "rollback", _rollback)
+
+
+def _uninstall() -> None:
+    global _installed
+    with _lock:
+        _installed -= 1
+        if _installed > 0:
+            return
+        _installed = 0
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        for name, fn in (
+            ("before_cursor_execute", _before_cursor_execute),
+            ("after_cursor_execute", _after_cursor_execute),
+            ("handle_error", _handle_error),
+            ("commit", _commit),
+            ("rollback", _rollback),
+        ):
+            if event.contains(Engine, name, fn):
+                event.remove(Engine, name, fn)
+
+
+def _engines_of(target: Any) -> frozenset[Any] | None:
+    """The sync Engine(s) behind an Engine, Connection, AsyncEngine, Session or
+    AsyncSession; ``None`` for "every engine"."""
+    if target is None:
+        return None
+    targets = target if isinstance(target, (list, tuple, set, frozenset)) else [target]
+    engines: set[Any] = set()
+    for item in targets:
+        sync = getattr(item, "sync_engine", None) or getattr(item, "sync_session", None) or item
+        if hasattr(sync, "get_bind") and hasattr(sync, "identity_map"):  # a Session
+            binds = [getattr(sync, "bind", None), *getattr(sync, "_Session__binds", {}).values()]
+            binds = [b for b in binds if b is not None]
+            if not binds:
+                raise TypeError("dbprobe.capture(session): the session is not bound to an engine")
+            for bind in binds:
+                engines |= _engines_of(getattr(bind, "engine", bind)) or set()
+            continue
+        engine = getattr(sync, "engine", None)
+        if engine is None or not hasattr(engine, "dialect"):
+            raise TypeError(
+                f"dbprobe.capture() takes an Engine, Connection, Session or their async "
+                f"forms, not {type(item).__name__}"
+            )
+        engines.add(engine)
+    return frozenset(engines)
+
+
+class Capture:
+    """A capture scope: a context manager (``with dbprobe.capture() as log``), an async
+    context manager, and a decorator (each call of the decorated function runs in a
+    fresh scope; the last call's log is ``fn.dbprobe_log``).
+
+    target: an Engine / AsyncEngine / Connection / Session / AsyncSession (or a list of
+    them) to capture only their statements; default every engine. all_threads: record
+    statements from every thread and task of the process, not only this context's.
+    app_paths: extra directories that count as application code for call sites.
+    name: a label for the log (the pytest plugin uses the test's node id).
+    """
+
+    def __init__(
+        self,
+        target: Any = None,
+        *,
+        all_threads: bool = False,
+        app_paths: Iterable[str] = (),
+        name: str | None = None,
+        root: str | None = None,
+    ) -> None:
+        self.engines = _engines_of(target)
+        self.all_threads = all_threads
+        self.app_paths = tuple(app_paths)
+        self.name = name
+        self.root = root
+        self.log = QueryLog(name=name, root=root)
+        self._token: contextvars.Token[tuple[Capture, ...]] | None = None
+        self._active = False
+
+    # -- context manager ---------------------------------------------------------------
+    def start(self) -> QueryLog:
+        global _process_scopes
+        if self._active:
+            raise RuntimeError("this capture scope is already active")
+        if self.app_paths:
+            configure_call_sites(self.app_paths)
+        _install()
+        self._active = True
+        self.log.started_ns = _perf_ns()
+        if self.all_threads:
+            with _lock:
+                _process_scopes = (*_process_scopes, self)
+        else:
+            self._token = _context_scopes.set((*_context_scopes.get(), self))
+        return self.log
+
+    def stop(self) -> None:
+        global _process_scopes
+        if not self._active:
+            return
+        self._active = False
+        self.log.ended_ns = _perf_ns()
+        try:
+            if self.all_threads:
+                with _lock:
+                    _process_scopes = tuple(s for s in _process_scopes if s is not self)
+            elif self._token is not None:
+                try:
+                    _context_scopes.reset(self._token)
+                except ValueError:  # exited in another context: remove just this scope
+                    _context_scopes.set(tuple(s for s in _context_scopes.get() if s is not self))
+                self._token = None
+        finally:
+            _uninstall()
+
+    def __enter__(self) -> QueryLog:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> QueryLog:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- decorator ---------------------------------------------------------------------
+    def _fresh(self) -> Capture:
+        clone = Capture(all_threads=self.all_threads, app_paths=self.app_paths, name=self.name)
+        clone.engines = self.engines
+        clone.root = self.root
+        clone.log.root = self.root
+        return clone
+
+    def __call__(self, fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                scope = self._fresh()
+                async with scope:
+                    try:
+                        return await fn(*args, **kwargs)
+                    finally:
+                        async_wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+
+            async_wrapper.dbprobe_log = None  # type: ignore[attr-defined]
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            scope = self._fresh()
+            with scope:
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+
+        wrapper.dbprobe_log = None  # type: ignore[attr-defined]
+        return cast(F, wrapper)
+
+
+def capture(
+    target: Any = None,
+    *,
+    all_threads: bool = False,
+    app_paths: Iterable[str] = (),
+    name: str | None = None,
+    root: str | None = None,
+) -> Capture:
+    """Capture SQLAlchemy statements: ``with dbprobe.capture() as log: ...`` (every
+    engine) or ``dbprobe.capture(engine_or_session)``; also ``async with`` and
+    ``@dbprobe.capture()``. See :class:`Capture` for the arguments."""
+    return Capture(target, all_threads=all_threads, app_paths=app_paths, name=name, root=root)
+
+
+class IgnoreBlock(contextlib.ContextDecorator):
+    """``with dbprobe.ignore():`` — statements run inside are still recorded (and
+    counted) but no detector reports them. ``rules`` limits that to some rule ids."""
+
+    def __init__(self, *rules: str) -> None:
+        self.rules = frozenset(rules) if rules else frozenset({"*"})
+        self._tokens: list[contextvars.Token[frozenset[str] | None]] = []
+
+    def __enter__(self) -> IgnoreBlock:
+        current = _ignored.get()
+        merged = self.rules if current is None else current | self.rules
+        self._tokens.append(_ignored.set(merged))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ignored.reset(self._tokens.pop())
+
+
+def ignore(*rules: str) -> IgnoreBlock:
+    """``with dbprobe.ignore():`` (all rules) or ``dbprobe.ignore("n-plus-one")``; also a
+    decorator."""
+    return IgnoreBlock(*rules)
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Statements run inside (in this context) are not recorded by any scope; dbprobe's
+    own EXPLAIN calls and fix verification use it."""
+    token = _suspend.set(True)
+    try:
+        yield
+    finally:
+        _suspend.reset(token)
