@@ -229,9 +229,7 @@ def parse_config(
         elif key in ("ignore", "allow"):
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: expected an array of tables ([[tool.dbprobe.{key}]])")
-            values[key] = tuple(
-                Matcher.parse(raw, f"{where}[{i}]") for i, raw in enumerate(value)
-            )
+            values[key] = tuple(Matcher.parse(raw, f"{where}[{i}]") for i, raw in enumerate(value))
     return DbprobeConfig(**values)
 
 

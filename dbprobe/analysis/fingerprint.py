@@ -33,8 +33,9 @@ __all__ = [
 # marker inside a string) is never mistaken for the other.
 _LITERALS = re.compile(
     r"""
-      (?P<str>[eEnNbBxX]?'(?:[^']|'')*'?)          # 'text' (also E'', N'', B'', X''), unterminated ok
-    | (?P<dollar>\$\$.*?(?:\$\$|\Z)|\$(?P<tag>[A-Za-z_]\w*)\$.*?(?:\$(?P=tag)\$|\Z))  # $$..$$ $q$..$q$
+      (?P<str>[eEnNbBxX]?'(?:[^']|'')*'?)    # 'text', E'', N'', B'', X''; unterminated ok
+    | (?P<dollar>\$\$.*?(?:\$\$|\Z)
+       |\$(?P<tag>[A-Za-z_]\w*)\$.*?(?:\$(?P=tag)\$|\Z))     # $$..$$ and $q$..$q$
     | (?P<line>--[^\n]*)                           # -- comment
     | (?P<block>/\*.*?(?:\*/|\Z))                  # /* comment */
     | (?P<ident>"(?:[^"]|"")*"?)                   # "quoted identifier" (kept)
@@ -168,7 +169,7 @@ def _cte_kind(text: str) -> str:
         parsed = sqlparse.parse(text)
     except Exception:  # sqlparse gives up on some inputs; classification is best effort
         return "other"
-    kind = parsed[0].get_type().lower() if parsed else ""
+    kind = str(parsed[0].get_type()).lower() if parsed else ""  # type: ignore[no-untyped-call]
     if kind in ("select", "insert", "update", "delete"):
         # A SELECT whose CTEs modify data is a write.
         if kind == "select" and re.search(r"\b(insert into|update \S+ set|delete from)\b", text):

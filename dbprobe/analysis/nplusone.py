@@ -27,7 +27,14 @@ from dbprobe.config import DbprobeConfig, Matcher
 from dbprobe.report.model import Finding, Severity
 from dbprobe.rules import RULES
 
-__all__ = ["LoaderFix", "detect", "loader_fix", "n_plus_one", "redundant_queries"]
+__all__ = [
+    "LoaderFix",
+    "apply_config",
+    "detect",
+    "loader_fix",
+    "n_plus_one",
+    "redundant_queries",
+]
 
 
 class OrmFacts(Protocol):
@@ -92,6 +99,8 @@ class Log(Protocol):
     def statements(self) -> Sequence[Any]: ...
     @property
     def boundaries(self) -> Sequence[Any]: ...
+    @property
+    def verifications(self) -> dict[str, dict[str, Any]]: ...
 
 
 _LOADER_FUNCTIONS = {
@@ -116,7 +125,8 @@ class LoaderFix:
 
     def expression(self) -> str:
         """``selectinload(Order.items).joinedload(OrderItem.product)``."""
-        parts = [f"{_LOADER_FUNCTIONS[s]}({p})" for p, s in zip(self.path, self.strategies)]
+        steps = zip(self.path, self.strategies, strict=False)
+        parts = [f"{_LOADER_FUNCTIONS[strategy]}({step})" for step, strategy in steps]
         return ".".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +171,7 @@ def loader_fix(
         if rec_orm is None:
             continue
         if rec_orm.entity == root and rec_orm.relationship is None:
-            options = {p: s for p, s in rec_orm.eager}
+            options = dict(rec_orm.eager)
         if rec_orm.relationship is not None and not rec_orm.lazy:
             selectin_paths.add(tuple(rec_orm.path))
     for index in range(len(orm.path) - 1):
@@ -179,7 +189,7 @@ def loader_fix(
 def _varying_filters(shape: ShapeFacts, group: Sequence[Statement]) -> list[str]:
     out = []
     for expr, ref in shape.filters:
-        values = set()
+        values: set[str] = set()
         for rec in group:
             params = rec.parameters
             try:
@@ -220,13 +230,9 @@ def _batched_fix(group: Sequence[Statement]) -> tuple[str | None, str]:
             key = varying[0]
             columns = [c for c in shape.columns if c != key]
             if shape.aggregate:
-                fix = (
-                    f"select({', '.join([key, *columns])}).where({key}.in_(ids))"
-                    f".group_by({key})"
-                )
+                fix = f"select({', '.join([key, *columns])}).where({key}.in_(ids)).group_by({key})"
                 return fix, (
-                    f"compute it for every {key} at once: {fix}, then read the results from "
-                    "a dict"
+                    f"compute it for every {key} at once: {fix}, then read the results from a dict"
                 )
             if shape.entity and columns == [shape.entity]:
                 fix = f"select({shape.entity}).where({key}.in_(ids))"
@@ -423,12 +429,12 @@ def redundant_queries(
     return findings
 
 
-def _apply_config(
-    findings: list[Finding], config: DbprobeConfig, test: str | None
-) -> list[Finding]:
+def apply_config(findings: list[Finding], config: DbprobeConfig, test: str | None) -> list[Finding]:
+    """Drop findings matched by ``config.ignore``, downgrade those matched by
+    ``config.allow`` to info (``evidence["allowed"]``), and set ``test``."""
     out = []
     for finding in findings:
-        keys = {
+        keys: dict[str, Any] = {
             "rule": finding.rule,
             "location": finding.location,
             "fingerprint": finding.fingerprint,
@@ -442,13 +448,24 @@ def _apply_config(
         if allowed is not None:
             evidence = dict(finding.evidence)
             evidence["allowed"] = allowed.reason or True
-            finding = dataclasses.replace(finding, severity=Severity.INFO, evidence=evidence)
-        out.append(finding if test is None else finding.with_test(test))
+            kept = dataclasses.replace(finding, severity=Severity.INFO, evidence=evidence)
+        else:
+            kept = finding
+        out.append(kept if test is None else kept.with_test(test))
     return out
 
 
 def _first(matchers: Sequence[Matcher], keys: dict[str, Any]) -> Matcher | None:
     return next((m for m in matchers if m.matches(**keys)), None)
+
+
+def _with_verification(finding: Finding, verified: dict[str, dict[str, Any]]) -> Finding:
+    result = verified.get(f"{finding.fingerprint}@{finding.location}")
+    if result is None:
+        return finding
+    evidence = dict(finding.evidence)
+    evidence["verified"] = result
+    return dataclasses.replace(finding, evidence=evidence)
 
 
 def detect(
@@ -466,9 +483,12 @@ def detect(
         *n1,
         *redundant_queries(records, log.boundaries, config, root, frozenset(in_n1)),
     ]
+    verified = getattr(log, "verifications", None) or {}
+    if verified:
+        found = [_with_verification(f, verified) for f in found]
     if test is None:
         found = [
             dataclasses.replace(f, message=f.message.replace(" in one test", " in one scope"))
             for f in found
         ]
-    return _apply_config(found, config, test)
+    return apply_config(found, config, test)

@@ -36,11 +36,11 @@ class OrmContext:
     parent: the class of the object whose attribute was loaded;
     path: the relationship chain from the query's root entity to this load
     (``("Order.items", "OrderItem.product")``); collections: for each step of the path,
-    whether that relationship holds a list; pk_get: a primary-key look-up (``Session.get`` or a many-to-one lazy load);
-    refresh: a reload of expired or deferred columns; dml: an ORM-enabled
-    INSERT/UPDATE/DELETE; eager: the eager loader options on the statement, as
-    ``(path, strategy)`` with strategies ``joined``, ``selectin``, ``subquery``,
-    ``immediate``.
+    whether that relationship holds a list; pk_get: a primary-key look-up
+    (``Session.get`` or a many-to-one lazy load); refresh: a reload of expired or
+    deferred columns; dml: an ORM-enabled INSERT/UPDATE/DELETE; eager: the eager
+    loader options on the statement, as ``(path, strategy)`` with strategies
+    ``joined``, ``selectin``, ``subquery``, ``immediate``.
     """
 
     entity: str | None = None
@@ -400,6 +400,8 @@ class QueryLog:
         self.boundaries: list[Boundary] = []
         self.eager_touches: dict[str, int] = {}
         """relationship (``"Order.items"``) → attribute reads seen while tracked."""
+        self.verifications: dict[str, dict[str, Any]] = {}
+        """Fix re-runs: ``"<fingerprint>@<location>"`` → before/after statement counts."""
         self.started_ns = 0
         self.ended_ns = 0
 
@@ -483,6 +485,7 @@ class QueryLog:
             ],
             "boundaries": [dataclasses.asdict(b) for b in self.boundaries],
             "eager_touches": dict(self.eager_touches),
+            "verifications": dict(self.verifications),
         }
 
     @classmethod
@@ -491,6 +494,7 @@ class QueryLog:
         log.statements = [StatementRecord.from_dict(r) for r in data.get("statements", [])]
         log.boundaries = [Boundary(**b) for b in data.get("boundaries", [])]
         log.eager_touches = dict(data.get("eager_touches") or {})
+        log.verifications = dict(data.get("verifications") or {})
         return log
 
 

@@ -97,10 +97,10 @@ def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
 
 
 def _is_pk_get(stmt: Any, mapper: Any) -> bool:
-    criteria = getattr(stmt, "_where_criteria", ())
+    criteria: Any = getattr(stmt, "_where_criteria", ())
     if len(criteria) != 1 or mapper is None:
         return False
-    get_clause = getattr(mapper, "_get_clause", None)
+    get_clause: Any = getattr(mapper, "_get_clause", None)
     if not get_clause:
         return False
     return criteria[0] is get_clause[0]
@@ -261,7 +261,7 @@ def loader_option(path: tuple[str, ...], strategies: tuple[str, ...], registry: 
         "immediate": orm.immediateload,
     }
     option: Any = None
-    for step, strategy in zip(path, strategies):
+    for step, strategy in zip(path, strategies, strict=False):
         owner, _, attr = step.partition(".")
         attribute = getattr(registry[owner], attr)
         if option is None:

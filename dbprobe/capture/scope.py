@@ -66,7 +66,7 @@ def configure_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[
         return
     _resolver = CallSiteResolver(
         app_paths=sorted(current_apps | apps),
-        library_paths=sorted((libs | _extra_libs(current_libs))),
+        library_paths=sorted(libs | _extra_libs(current_libs)),
     )
 
 
@@ -242,6 +242,9 @@ class Capture:
     statements from every thread and task of the process, not only this context's.
     app_paths: extra directories that count as application code for call sites.
     name: a label for the log (the pytest plugin uses the test's node id).
+    root: directory that reported locations are relative to (default: the project's).
+    verify_fixes: as a decorator, re-run the function with each suggested loader fix
+    applied and record the statement counts (only for functions safe to run twice).
     """
 
     def __init__(
@@ -252,8 +255,10 @@ class Capture:
         app_paths: Iterable[str] = (),
         name: str | None = None,
         root: str | None = None,
+        verify_fixes: bool = False,
     ) -> None:
         self.engines = _engines_of(target)
+        self.verify_fixes = verify_fixes
         self.all_threads = all_threads
         self.app_paths = tuple(app_paths)
         self.name = name
@@ -313,22 +318,36 @@ class Capture:
     # -- decorator ---------------------------------------------------------------------
     def _fresh(self) -> Capture:
         clone = Capture(all_threads=self.all_threads, app_paths=self.app_paths, name=self.name)
+        clone.verify_fixes = False
         clone.engines = self.engines
         clone.root = self.root
         clone.log.root = self.root
         return clone
 
     def __call__(self, fn: F) -> F:
+        """Decorate ``fn``: each call runs in a fresh scope, whose log is then
+        ``fn.dbprobe_log``. With ``verify_fixes=True`` the call is repeated once per
+        applicable N+1 loader fix (see :mod:`dbprobe.capture.verify`), so decorate only
+        functions that are safe to run more than once."""
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 scope = self._fresh()
-                async with scope:
-                    try:
+                try:
+                    async with scope:
                         return await fn(*args, **kwargs)
-                    finally:
-                        async_wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+                finally:
+                    async_wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+                    if self.verify_fixes:
+                        from dbprobe.capture.verify import verify_coroutine
+
+                        findings = scope.log.findings()
+                        scope.log.verifications.update(
+                            await verify_coroutine(
+                                fn, args, kwargs, findings, len(scope.log), self._fresh
+                            )
+                        )
 
             async_wrapper.dbprobe_log = None  # type: ignore[attr-defined]
             return cast(F, async_wrapper)
@@ -336,11 +355,18 @@ class Capture:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             scope = self._fresh()
-            with scope:
-                try:
+            try:
+                with scope:
                     return fn(*args, **kwargs)
-                finally:
-                    wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+            finally:
+                wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
+                if self.verify_fixes:
+                    from dbprobe.capture.verify import verify_callable
+
+                    findings = scope.log.findings()
+                    scope.log.verifications.update(
+                        verify_callable(fn, args, kwargs, findings, len(scope.log), self._fresh)
+                    )
 
         wrapper.dbprobe_log = None  # type: ignore[attr-defined]
         return cast(F, wrapper)
@@ -353,11 +379,19 @@ def capture(
     app_paths: Iterable[str] = (),
     name: str | None = None,
     root: str | None = None,
+    verify_fixes: bool = False,
 ) -> Capture:
     """Capture SQLAlchemy statements: ``with dbprobe.capture() as log: ...`` (every
     engine) or ``dbprobe.capture(engine_or_session)``; also ``async with`` and
     ``@dbprobe.capture()``. See :class:`Capture` for the arguments."""
-    return Capture(target, all_threads=all_threads, app_paths=app_paths, name=name, root=root)
+    return Capture(
+        target,
+        all_threads=all_threads,
+        app_paths=app_paths,
+        name=name,
+        root=root,
+        verify_fixes=verify_fixes,
+    )
 
 
 class IgnoreBlock(contextlib.ContextDecorator):
