@@ -337,15 +337,15 @@ def n_plus_one(
         else:
             expression, advice = _batched_fix(group)
             evidence["fix"] = expression
-            if orm is not None and orm.pk_get:
+            if orm is not None and orm.refresh:
+                evidence["lookup"] = "refresh"
+                message = f"expired {orm.entity} objects reloaded {len(group)} times {where}"
+            elif orm is not None and orm.pk_get:
                 evidence["lookup"] = "session.get"
                 message = (
                     f"{orm.entity or table} loaded by primary key {len(group)} times "
                     f"{where} from one line"
                 )
-            elif orm is not None and orm.refresh:
-                evidence["lookup"] = "refresh"
-                message = f"expired {orm.entity} objects reloaded {len(group)} times {where}"
             else:
                 evidence["lookup"] = "query"
                 message = (

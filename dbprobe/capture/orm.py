@@ -70,6 +70,7 @@ def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
     refresh = bool(getattr(compile_options, "_for_refresh_state", False))
     load_options = (exec_options or {}).get("_sa_orm_load_options")
     lazy_from = getattr(load_options, "_lazy_loaded_from", None)
+    refresh = refresh or getattr(load_options, "_refresh_state", None) is not None
 
     relationship = parent = None
     path: tuple[str, ...] = ()
