@@ -128,7 +128,22 @@ def eager_options(stmt: Any) -> tuple[tuple[tuple[str, ...], str], ...]:
 
 def _expr_name(expr: Any) -> str | None:
     """Python spelling of a column expression: ``Review.product_id``,
-    ``reviews.c.product_id``, ``func.count()``; ``None`` when unknown."""
+    ``reviews.c.product_id``, ``func.count()``, ``func.sum(Review.stars)``; ``None``
+    when unknown."""
+    from sqlalchemy.sql.elements import Label
+    from sqlalchemy.sql.functions import FunctionElement
+
+    while isinstance(expr, Label):
+        expr = expr.element
+    if isinstance(expr, FunctionElement):
+        args = [
+            _expr_name(arg)
+            for arg in getattr(expr, "clauses", ())
+            if getattr(arg, "name", None) != "*"  # count(*) is spelled func.count()
+        ]
+        if any(a is None for a in args):
+            return None
+        return f"func.{getattr(expr, 'name', 'func')}({', '.join(str(a) for a in args)})"
     annotations = getattr(expr, "_annotations", None) or {}
     parententity = annotations.get("parententity")
     if parententity is not None:
@@ -137,10 +152,6 @@ def _expr_name(expr: Any) -> str | None:
         if owner and key:
             return f"{owner}.{key}"
     name = getattr(expr, "name", None)
-    fn_name = getattr(expr, "_compiler_dispatch", None) and type(expr).__name__
-    if getattr(expr, "_is_function", False) or fn_name in ("count", "Function", "GenericFunction"):
-        func = getattr(expr, "name", None) or "func"
-        return f"func.{func}()"
     table = getattr(expr, "table", None)
     if name and table is not None and getattr(table, "name", None):
         return f"{table.name}.c.{name}"
@@ -179,7 +190,7 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
             continue
         name = _expr_name(expr)
         if name and name.startswith("func."):
-            fname = name[5:-2]
+            fname = name[5:].partition("(")[0]
             columns.append(name)
             if fname not in _AGGREGATES:
                 aggregate = False

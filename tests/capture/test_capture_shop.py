@@ -45,9 +45,8 @@ def _run_sync(entry: Problem | CleanCase, engine: Engine) -> QueryLog:
 async def _run_async_flow(entry: Problem | CleanCase, url: str) -> QueryLog:
     engine = create_async_engine(url)
     try:
-        async with AsyncSession(engine) as session:
-            async with dbprobe.capture() as log:
-                await entry.call(session)
+        async with AsyncSession(engine) as session, dbprobe.capture() as log:
+            await entry.call(session)
     finally:
         await engine.dispose()
     return log
@@ -137,7 +136,11 @@ def test_record_fields_and_orm_context(shop_engine: Engine) -> None:
     assert first.orm.entity == "Order"
     assert first.orm.relationship is None
     assert lazy.orm is not None
-    assert (lazy.orm.relationship, lazy.orm.parent, lazy.orm.lazy) == ("Order.customer", "Order", True)
+    assert (lazy.orm.relationship, lazy.orm.parent, lazy.orm.lazy) == (
+        "Order.customer",
+        "Order",
+        True,
+    )
     assert lazy.orm.pk_get and not lazy.orm.collection
     assert lazy.duration_ns > 0
     assert lazy.rowcount == 1
@@ -168,12 +171,15 @@ def test_capture_filters_by_engine_and_session(
 
     other = create_engine(pg.url(shop_module_db))
     try:
-        with Session(shop_engine) as session:
-            with dbprobe.capture(session) as by_session, dbprobe.capture(other) as by_other:
-                session.execute(text("SELECT 1"))
-                with other.connect() as conn:
-                    conn.execute(text("SELECT 2"))
-                    conn.execute(text("SELECT 3"))
+        with (
+            Session(shop_engine) as session,
+            dbprobe.capture(session) as by_session,
+            dbprobe.capture(other) as by_other,
+        ):
+            session.execute(text("SELECT 1"))
+            with other.connect() as conn:
+                conn.execute(text("SELECT 2"))
+                conn.execute(text("SELECT 3"))
         assert [r.sql for r in by_session] == ["SELECT 1"]
         assert [r.sql for r in by_other] == ["SELECT 2", "SELECT 3"]
     finally:
@@ -184,17 +190,16 @@ def test_capture_filters_by_engine_and_session(
 
 def test_nested_scopes_and_ignore(shop_engine: Engine, config: DbprobeConfig) -> None:
     problem = MANIFEST.problem("n1-get-loop")
-    with Session(shop_engine) as session:
-        with dbprobe.capture() as outer:
-            session.execute(text("SELECT 1"))
-            with dbprobe.capture() as inner:
-                problem.call(session)
-            session.expunge_all()
-            with dbprobe.ignore():
-                problem.call(session)
-            session.expunge_all()
-            with dbprobe.ignore("redundant-query"):
-                problem.call(session)
+    with Session(shop_engine) as session, dbprobe.capture() as outer:
+        session.execute(text("SELECT 1"))
+        with dbprobe.capture() as inner:
+            problem.call(session)
+        session.expunge_all()
+        with dbprobe.ignore():
+            problem.call(session)
+        session.expunge_all()
+        with dbprobe.ignore("redundant-query"):
+            problem.call(session)
     assert len(inner) == 20
     assert len(outer) == 1 + 20 + 20 + 20
     assert [f.rule for f in inner.findings(config)] == ["n-plus-one"]
@@ -362,7 +367,11 @@ def test_explain_cost_attached(
     if driver == "psycopg":
         log = _run_sync(problem, shop_engine)
     else:
-        log = asyncio.run(_run_async_flow(MANIFEST.problem("n1-async-order-customer"), pg.async_url(shop_module_db)))
+        log = asyncio.run(
+            _run_async_flow(
+                MANIFEST.problem("n1-async-order-customer"), pg.async_url(shop_module_db)
+            )
+        )
     ctx = CaptureContext(config=DbprobeConfig(root=str(ROOT)), root=str(ROOT), explain=True)
     with dbprobe.capture() as own:
         (finding,) = analyze(log, ctx)
