@@ -669,6 +669,7 @@ class DbprobeSession:
         report = Report(command="pytest")
         report.started_at = report.started_at.fromtimestamp(self.started, report.started_at.tzinfo)
         report.duration_s = time.time() - self.started
+        report.target = Target("(no statement captured)", None)
         if self.targets:
             urls = sorted(self.targets)
             versions = sorted({v for v in self.targets.values() if v})
