@@ -361,8 +361,9 @@ def _describe(finding: Finding) -> str:
     lines = [f"  {finding.severity.value} {finding.rule} at {finding.location or '?'}"]
     lines.append(f"      {finding.message}")
     evidence = finding.evidence
-    if evidence.get("parents_loaded_at"):
-        lines.append(f"      parent rows loaded at {evidence['parents_loaded_at']}")
+    parents = evidence.get("parents_loaded_at")
+    if parents and parents not in finding.recommendation:
+        lines.append(f"      parent rows loaded at {parents}")
     lines.append(f"      fix: {finding.recommendation}")
     verified = evidence.get("verified")
     if isinstance(verified, dict) and "queries_after" in verified:

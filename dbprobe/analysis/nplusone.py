@@ -328,12 +328,15 @@ def n_plus_one(
                 evidence["loader_fix"] = fix.to_dict()
             kind = "collection" if orm.collection else "many-to-one"
             message = f"{orm.relationship} lazy-loaded {len(group)} times {where} ({kind})"
-            parents = f" (the {fix.root} query at {parents_at})" if fix and parents_at else ""
-            recommendation = (
-                f"load it with the parent query{parents}: .options({expression})"
-                if expression
-                else "load the relationship eagerly with the parent query"
-            )
+            if expression and fix is not None and parents_at:
+                recommendation = (
+                    f"load it with the parent rows: add .options({expression}) to the "
+                    f"{fix.root} query at {parents_at}"
+                )
+            elif expression:
+                recommendation = f"load it with the parent rows: .options({expression})"
+            else:
+                recommendation = "load the relationship eagerly with the parent query"
         else:
             expression, advice = _batched_fix(group)
             evidence["fix"] = expression
