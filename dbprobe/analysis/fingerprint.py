@@ -33,7 +33,7 @@ __all__ = [
 # marker inside a string) is never mistaken for the other.
 _LITERALS = re.compile(
     r"""
-      (?P<str>[eEnNbBxX]?'(?:[^']|'')*'?)    # 'text', E'', N'', B'', X''; unterminated ok
+      (?P<str>'(?:[^']|'')*'?)                     # 'text' (E'..' leaves its e), unterminated ok
     | (?P<dollar>\$\$.*?(?:\$\$|\Z)
        |\$(?P<tag>[A-Za-z_]\w*)\$.*?(?:\$(?P=tag)\$|\Z))     # $$..$$ and $q$..$q$
     | (?P<line>--[^\n]*)                           # -- comment
@@ -43,23 +43,28 @@ _LITERALS = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
-# Placeholders of every DB-API paramstyle, and numbers that are not part of a name.
+# Placeholders of every DB-API paramstyle, and numbers that are not part of a name. Every
+# branch starts with a character (lookbehinds come after it) so the regex engine can skip
+# ahead to candidate positions instead of trying each branch at every character.
 _VALUES = re.compile(
     r"""
-      %\([^)]*\)s                # pyformat %(name)s
-    | %s                         # format %s
-    | \$\d+                      # numeric_dollar $1 (asyncpg)
-    | (?<![:\w]):[A-Za-z_]\w*    # named :name (not ::cast)
-    | \?                         # qmark
-    | (?<![\w.$])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w$])   # numbers
-    | \b(?:true|false|null)\b    # boolean / null literals
-    | \[postcompile_[^\]]*\]     # un-expanded IN (SQLAlchemy compiled repr)
+      %\([^)]*\)s                      # pyformat %(name)s
+    | %s                               # format %s
+    | \$\d+                            # numeric_dollar $1 (asyncpg)
+    | :(?<![:\w]:)[a-z_]\w*            # named :name (not ::cast)
+    | \?                               # qmark
+    | \d(?<![\w.$]\d)[\d.]*(?:e[-+]?\d+)?(?![\w$])   # numbers (not inside a name)
+    | \.\d(?<![\w.]\.\d)\d*(?![\w$])  # .5
+    | t(?<![\w.]t)rue\b | f(?<![\w.]f)alse\b | n(?<![\w.]n)ull\b   # boolean / null
+    | \[postcompile_[^\]]*\]           # un-expanded IN (SQLAlchemy compiled repr)
     """,
     re.VERBOSE,
 )
-_WS = re.compile(r"\s+")
-_COMMA = re.compile(r" ?, ?")
-_INNER = re.compile(r"(?<=[(\[]) | (?=[)\]])")
+# A sign glued to a value after an operator, a comma, "(" or a keyword is part of it.
+_UNARY = re.compile(
+    r"(^|[(,=<>!*/%|&+\-]|\b(?:and|or|not|then|else|when|between|select|by|values|case|in|is"
+    r"|like|limit|offset|return)) ?[-+]\?"
+)
 _LIST = re.compile(r"\((?:\?, )*\?\)")
 _LIST_RUN = re.compile(r"\(\?\+\)(?:, \(\?\+\))+")
 _ARRAY = re.compile(r"array\[(?:\?, )*\?\]")
@@ -82,11 +87,12 @@ def _normalize_uncached(sql: str) -> str:
     text = sql
     if _NEEDS_LITERAL_PASS.search(text) is not None:
         text = _LITERALS.sub(_literal, text)
-    text = _VALUES.sub("?", text.lower())
-    text = _WS.sub(" ", text)
+    text = " ".join(_VALUES.sub("?", text.lower()).split())
+    if "-?" in text or "+?" in text:
+        text = _UNARY.sub(r"\1 ?", text)
     if "," in text:
-        text = _COMMA.sub(", ", text)
-    text = _INNER.sub("", text).strip()
+        text = text.replace(" ,", ",").replace(", ", ",").replace(",", ", ")
+    text = text.replace("( ", "(").replace(" )", ")").replace("[ ", "[").replace(" ]", "]")
     if "(?" in text:
         text = _LIST.sub("(?+)", text)
         if "(?+), " in text:

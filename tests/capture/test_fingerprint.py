@@ -79,7 +79,7 @@ def test_different_for_different_tables_or_columns(
             "SELECT 1 /* hint */ FROM t WHERE x = ANY(ARRAY[1,2,3])",
             "select ? from t where x = any(array[?+])",
         ),
-        ("SELECT $$a'b$$, $q$x$q$, E'it''s'", "select ?, ?, ?"),
+        ("SELECT $$a'b$$, $q$x$q$, E'it''s', -1, (-2.5)", "select ?, ?, e?, ?, (?+)"),
         ('SELECT x::int, :name FROM "User"', 'select x::int, ? from "user"'),
     ],
 )

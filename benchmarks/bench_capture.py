@@ -1,0 +1,208 @@
+"""Capture overhead: the same loops bare, with a plain listener, under dbprobe.capture(),
+and (on SQLAlchemy 2.0, where it still imports) under nplusone.
+
+    PYTHONPATH=. python benchmarks/bench_capture.py [--rounds 9] [--iterations 5]
+
+Two workloads against a throwaway PostgreSQL (shop fixture, small seed) over its unix
+socket, psycopg driver:
+
+* ``orm-n+1``: load 200 orders, read ``order.customer`` on each (one lazy-load SELECT
+  per distinct customer), expunge, repeat — an N+1-heavy ORM loop;
+* ``core``: 2,000 point SELECTs of one Core statement on one connection.
+
+Modes run interleaved in every round (their order rotates), so machine noise hits all of
+them alike. Reported per mode: median time per statement, min–max over rounds, and the
+ratio to the bare median. nplusone patches SQLAlchemy globally and cannot be undone, so it
+runs after the interleaved rounds and is compared with the bare median measured before.
+The analysis cost (``log.findings()`` after the loop) is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def machine_info() -> str:
+    import sqlalchemy
+
+    versions = [f"python {platform.python_version()}", f"sqlalchemy {sqlalchemy.__version__}"]
+    for name in ("psycopg", "nplusone"):
+        try:
+            module = __import__(name)
+            versions.append(f"{name} {getattr(module, '__version__', '?')}")
+        except Exception:
+            versions.append(f"{name} (not importable)")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"{platform.platform()}, load {tuple(round(x, 2) for x in load)}\n"
+        f"versions: {', '.join(versions)}\n"
+        f"command: PYTHONPATH=. {os.path.basename(sys.executable)} "
+        f"benchmarks/bench_capture.py {' '.join(sys.argv[1:])}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--iterations", type=int, default=5, help="ORM loop repeats per run")
+    parser.add_argument("--core-statements", type=int, default=2000)
+    args = parser.parse_args()
+
+    from sqlalchemy import bindparam, create_engine, event, select
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
+    import dbprobe
+    from dbprobe.pg import throwaway
+    from fixtures.shop import seed
+    from fixtures.shop.models import Customer, Order
+
+    print(machine_info())
+    with throwaway() as pg:
+        db = pg.create_database()
+        setup = create_engine(pg.url(db))
+        with setup.begin() as conn:
+            seed.build(conn, "small")
+        setup.dispose()
+        engine = create_engine(pg.socket_url(db))
+        print(f"server: PostgreSQL {pg.version} ({pg.provider}), unix socket\n")
+
+        orders_stmt = select(Order).order_by(Order.id).limit(200)
+        point = select(Customer.__table__.c.email).where(Customer.__table__.c.id == bindparam("id"))
+
+        def orm_loop() -> int:
+            count = 0
+            with Session(engine) as session:
+                for _ in range(args.iterations):
+                    orders = session.scalars(orders_stmt).all()
+                    for order in orders:
+                        count += len(order.customer.full_name)
+                    session.expunge_all()
+            return count
+
+        def core_loop() -> int:
+            total = 0
+            with engine.connect() as conn:
+                for i in range(args.core_statements):
+                    total += len(conn.execute(point, {"id": 1 + i % 500}).scalar_one())
+            return total
+
+        recorded: list[tuple[str, int]] = []
+
+        def before(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            conn.info["_t0"] = time.perf_counter_ns()
+
+        def after(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            recorded.append((statement, time.perf_counter_ns() - conn.info.pop("_t0")))
+
+        def count_statements(fn: Callable[[], int]) -> int:
+            with dbprobe.capture() as log:
+                fn()
+            return len(log)
+
+        def run_bare(fn: Callable[[], int]) -> None:
+            fn()
+
+        def run_listener(fn: Callable[[], int]) -> None:
+            event.listen(Engine, "before_cursor_execute", before)
+            event.listen(Engine, "after_cursor_execute", after)
+            try:
+                fn()
+            finally:
+                event.remove(Engine, "before_cursor_execute", before)
+                event.remove(Engine, "after_cursor_execute", after)
+                recorded.clear()
+
+        last_logs: dict[str, Any] = {}
+
+        def run_dbprobe(fn: Callable[[], int]) -> None:
+            with dbprobe.capture() as log:
+                fn()
+            last_logs[fn.__name__] = log
+
+        modes: dict[str, Callable[[Callable[[], int]], None]] = {
+            "bare": run_bare,
+            "listener": run_listener,
+            "dbprobe": run_dbprobe,
+        }
+        workloads = {"orm-n+1": orm_loop, "core": core_loop}
+        statements = {name: count_statements(fn) for name, fn in workloads.items()}
+        for fn in workloads.values():  # warm up caches, pool, statement cache
+            fn()
+
+        results: dict[str, dict[str, list[float]]] = {w: {m: [] for m in modes} for w in workloads}
+        names = list(modes)
+        for round_no in range(args.rounds):
+            order = names[round_no % len(names) :] + names[: round_no % len(names)]
+            for workload, fn in workloads.items():
+                for mode in order:
+                    t0 = time.perf_counter()
+                    modes[mode](fn)
+                    results[workload][mode].append(time.perf_counter() - t0)
+            print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
+
+        nplusone_note = ""
+        try:
+            from nplusone.core import profiler
+            from nplusone.ext.sqlalchemy import setup_state
+
+            setup_state()
+
+            class Recording(profiler.Profiler):  # type: ignore[misc]
+                seen: ClassVar[list[str]] = []
+
+                def notify(self, message: Any) -> None:
+                    self.seen.append(message.message)
+
+            for workload, fn in workloads.items():
+                results[workload]["nplusone"] = []
+                for _ in range(args.rounds):
+                    t0 = time.perf_counter()
+                    with Recording():
+                        fn()
+                    results[workload]["nplusone"].append(time.perf_counter() - t0)
+            nplusone_note = (
+                f"nplusone reported {len(Recording.seen)} problems over all its runs "
+                f"(measured after the interleaved rounds; it patches SQLAlchemy for good)"
+            )
+        except Exception as exc:  # it does not import on SQLAlchemy 2.1
+            nplusone_note = f"nplusone skipped: {type(exc).__name__}: {exc}".splitlines()[0]
+
+        for workload, per_mode in results.items():
+            n = statements[workload]
+            bare = statistics.median(per_mode["bare"])
+            print(f"\n{workload}: {n} statements per run, {args.rounds} rounds")
+            header = f"  {'mode':<9} {'median µs/stmt':>15} {'min–max ms/run':>18}"
+            print(header + f" {'ratio':>7} {'+µs/stmt':>9}")
+            for mode, samples in per_mode.items():
+                med = statistics.median(samples)
+                print(
+                    f"  {mode:<9} {med / n * 1e6:>15.1f} "
+                    f"{min(samples) * 1e3:>8.1f}–{max(samples) * 1e3:<8.1f} "
+                    f"{med / bare:>7.3f} {(med - bare) / n * 1e6:>+9.2f}"
+                )
+        for name, log in last_logs.items():
+            t0 = time.perf_counter()
+            findings = log.findings()
+            took = time.perf_counter() - t0
+            print(
+                f"\nanalysis of one {name} log ({len(log)} statements): {took * 1e3:.1f} ms, "
+                f"{len(findings)} findings ({', '.join(sorted({f.rule for f in findings}))})"
+            )
+        print(f"\n{nplusone_note}")
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
