@@ -157,9 +157,10 @@ def _raw(config: pytest.Config, option: _Option) -> tuple[Any, str] | None:
     if value is not None:
         return value, option.flag
     ini = option.ini + ("s" if option.kind == "paths" else "")
-    if ini in config.inicfg:
-        return config.getini(ini), f"ini {ini}"
-    return None
+    value = config.getini(ini)  # None when unset (every key is declared with default=None)
+    if value is None or value == []:
+        return None
+    return value, f"ini {ini}"
 
 
 def _to_int(value: Any, where: str) -> int:

@@ -104,7 +104,13 @@ def _is_pk_get(stmt: Any, mapper: Any) -> bool:
     get_clause: Any = getattr(mapper, "_get_clause", None)
     if not get_clause:
         return False
-    return criteria[0] is get_clause[0]
+    clause = criteria[0]
+    if clause is get_clause[0]:  # SQLAlchemy 2.1
+        return True
+    try:  # 2.0 annotates a copy of the mapper's get clause
+        return bool(clause.compare(get_clause[0]))
+    except Exception:
+        return False
 
 
 _EAGER = {"joined", "selectin", "subquery", "immediate"}
