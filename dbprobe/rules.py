@@ -57,6 +57,12 @@ _RULES = [
     Rule("pool-exhaustion", Severity.ERROR, "Pool cannot serve the load without timeouts"),
     Rule("connection-leak", Severity.ERROR, "Connections checked out and never returned"),
     Rule("slow-cold-start", Severity.WARNING, "Connection establishment slower than threshold"),
+    Rule("unused-eager-load", Severity.INFO, "Relationship loaded eagerly and never read"),
+    Rule(
+        "joinedload-row-explosion",
+        Severity.INFO,
+        "Joined eager load of a collection multiplies the rows returned",
+    ),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

@@ -486,6 +486,11 @@ def detect(
         *n1,
         *redundant_queries(records, log.boundaries, config, root, frozenset(in_n1)),
     ]
+    from dbprobe.analysis.eager import joinedload_row_explosion, unused_eager_loads
+
+    if config.unused_eager_loads:
+        found.extend(unused_eager_loads(records, getattr(log, "eager_touches", {}) or {}, root))
+    found.extend(joinedload_row_explosion(records, config, root))
     verified = getattr(log, "verifications", None) or {}
     if verified:
         found = [_with_verification(f, verified) for f in found]

@@ -156,6 +156,8 @@ class StatementRecord:
         "error",
         "executemany",
         "ignored",
+        "joined_root",
+        "loaded_parents",
         "parameters",
         "rowcount",
         "seq",
@@ -194,6 +196,8 @@ class StatementRecord:
         self.duration_ns = 0
         self.rowcount = -1
         self.error: str | None = None
+        self.joined_root: type | str | None = None
+        self.loaded_parents = -1
         self._fingerprint: str | None = None
         self._orm: Any = _UNSET
         self._shape: Any = _UNSET
@@ -265,6 +269,8 @@ class StatementRecord:
         (statements, execution options, engines) so the log holds plain data only."""
         _ = self.fingerprint, self.orm, self.shape
         self._stmt = self._exec_options = self._live = None
+        self.engine = None
+        self.joined_root = _class_label(self.joined_root)
 
     def __repr__(self) -> str:
         where = self.location() or "?"
@@ -291,6 +297,8 @@ class StatementRecord:
             # Parameters are reduced to an opaque key unless asked for, so saved logs
             # still tell "same values" from "different values" without holding them.
             "parameter_key": _opaque(self.parameter_key()),
+            "joined_root": _class_label(self.joined_root),
+            "loaded_parents": self.loaded_parents,
         }
         if with_parameters:
             out["parameters"] = _jsonable(self.parameters)
@@ -321,11 +329,19 @@ class StatementRecord:
         rec.duration_ns = int(float(data.get("duration_ms") or 0.0) * 1e6)
         rec.rowcount = int(data.get("rowcount", -1))
         rec.error = data.get("error")
+        rec.joined_root = data.get("joined_root")
+        rec.loaded_parents = int(data.get("loaded_parents", -1))
         orm = data.get("orm")
         rec._orm = OrmContext.from_dict(orm) if orm else None
         shape = data.get("shape")
         rec._shape = StatementShape.from_dict(shape) if shape else None
         return rec
+
+
+def _class_label(value: type | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.__name__
 
 
 class _OpaqueParams:

@@ -117,9 +117,15 @@ _EAGER = {"joined", "selectin", "subquery", "immediate"}
 
 
 def eager_options(stmt: Any) -> tuple[tuple[tuple[str, ...], str], ...]:
-    """Eager loader options on a statement as ``(path, strategy)``, e.g.
-    ``(("Order.items", "OrderItem.product"), "joined")``."""
+    """Eager loaders of a statement as ``(path, strategy)``, e.g.
+    ``(("Order.items", "OrderItem.product"), "joined")``: its loader options, then the
+    root entity's relationships that are eager by mapping (``lazy="selectin"``)."""
     out: list[tuple[tuple[str, ...], str]] = []
+    mapper = getattr(_subject(stmt), "mapper", None)
+    if mapper is not None:
+        for rel in mapper.relationships:
+            if rel.lazy in _EAGER:
+                out.append(((_prop_name(rel),), str(rel.lazy)))
     for option in getattr(stmt, "_with_options", ()) or ():
         for element in getattr(option, "context", ()) or ():
             strategy = getattr(element, "strategy", None)
@@ -287,3 +293,71 @@ def loader_option(path: tuple[str, ...], strategies: tuple[str, ...], registry: 
         else:
             option = getattr(option, functions[strategy].__name__)(attribute)
     return option
+
+
+class StatementInfo:
+    """What the hot path needs to know about one compiled ORM statement (computed once
+    per compiled statement): the root entity whose objects to count when a joined eager
+    load of a collection multiplies rows, and the eager-loaded relationships whose reads
+    to track (``(class, attribute key, "Class.key")``)."""
+
+    __slots__ = ("eager_attributes", "joined_root", "root_mapper")
+
+    def __init__(
+        self,
+        joined_root: type | None,
+        root_mapper: Any,
+        eager_attributes: tuple[tuple[type, str, str], ...],
+    ) -> None:
+        self.joined_root = joined_root
+        self.root_mapper = root_mapper
+        self.eager_attributes = eager_attributes
+
+
+NO_INFO = StatementInfo(None, None, ())
+
+
+def statement_info(compiled: Any) -> StatementInfo:
+    """:class:`StatementInfo` of a compiled statement (``NO_INFO`` for Core and raw SQL,
+    relationship loads, and anything that cannot be read)."""
+    stmt = getattr(compiled, "statement", None)
+    if stmt is None:
+        return NO_INFO
+    try:
+        return _statement_info(stmt)
+    except Exception:
+        log.debug("could not read eager loaders of %r", stmt, exc_info=True)
+        return NO_INFO
+
+
+def _statement_info(stmt: Any) -> StatementInfo:
+    subject = _subject(stmt)
+    mapper = getattr(subject, "mapper", None)
+    if mapper is None or not getattr(stmt, "is_select", False):
+        return NO_INFO
+    compile_options = getattr(stmt, "_compile_options", None)
+    current_path = getattr(compile_options, "_current_path", None)
+    if current_path is not None and _path_props(current_path):
+        return NO_INFO  # a relationship load: its own statement is not the user's query
+    attributes: dict[tuple[type, str], str] = {}
+    joined_root: type | None = None
+    for option in getattr(stmt, "_with_options", ()) or ():
+        for element in getattr(option, "context", ()) or ():
+            strategy = getattr(element, "strategy", None)
+            name = dict(strategy).get("lazy") if strategy else None
+            if name not in _EAGER:
+                continue
+            props = _path_props(getattr(element, "path", None))
+            for prop in props:
+                attributes[(prop.parent.class_, prop.key)] = _prop_name(prop)
+            if props and name == "joined" and props[-1].uselist:
+                joined_root = props[0].parent.class_
+    for rel in mapper.relationships:  # eager by mapping (relationship(lazy="joined"), ...)
+        if rel.lazy in _EAGER:
+            attributes[(rel.parent.class_, rel.key)] = _prop_name(rel)
+            if rel.lazy == "joined" and rel.uselist:
+                joined_root = mapper.class_
+    eager = tuple((cls, key, label) for (cls, key), label in attributes.items())
+    if joined_root is None and not eager:
+        return NO_INFO
+    return StatementInfo(joined_root, mapper, eager)

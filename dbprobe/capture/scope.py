@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 from dbprobe.capture.callsite import CallSiteResolver
 from dbprobe.capture.log import Boundary, QueryLog, StatementRecord
+from dbprobe.capture.orm import NO_INFO, StatementInfo, statement_info
 
 __all__ = ["Capture", "IgnoreBlock", "capture", "ignore", "resolver"]
 
@@ -48,6 +49,17 @@ _seq = itertools.count(1)
 _resolver = CallSiteResolver()
 _perf_ns = time.perf_counter_ns
 _RECORD_ATTR = "_dbprobe_record"
+# Per compiled statement: which eager loads to watch (computed once, dropped with the
+# last scope). Compiled objects are SQLAlchemy's own cache entries, so this holds them
+# no longer than a capture is open.
+_info_cache: dict[Any, StatementInfo] = {}
+# The record of the last statement in this context that joined-eager-loads a collection:
+# its root entity's "load" events are counted into it.
+_counting: contextvars.ContextVar[StatementRecord | None] = contextvars.ContextVar(
+    "dbprobe_counting", default=None
+)
+_load_listeners: set[Any] = set()
+_trackers: dict[tuple[type, str], _TouchTracker] = {}
 
 
 def resolver() -> CallSiteResolver:
@@ -121,7 +133,127 @@ def _before_cursor_execute(
             scope.log.statements.append(record)
     if context is not None:
         setattr(context, _RECORD_ATTR, record)
+        compiled = record._live
+        if compiled is not None:
+            info = _info_cache.get(compiled)
+            if info is None:
+                info = _info_cache[compiled] = statement_info(compiled)
+            if info is not NO_INFO:
+                _watch_eager_loads(info, record, scopes)
     record.start_ns = _perf_ns()
+
+
+def _watch_eager_loads(
+    info: StatementInfo, record: StatementRecord, scopes: tuple[Capture, ...]
+) -> None:
+    """Count the root objects of a joined collection load; track reads of eager-loaded
+    relationships (for the unused-eager-load check)."""
+    if info.joined_root is not None:
+        record.joined_root = info.joined_root
+        record.loaded_parents = 0
+        _counting.set(record)
+        mapper = info.root_mapper
+        if mapper not in _load_listeners:
+            with _lock:
+                if mapper not in _load_listeners:
+                    from sqlalchemy import event
+
+                    event.listen(mapper, "load", _on_load, propagate=True)
+                    _load_listeners.add(mapper)
+    for cls, key, label in info.eager_attributes:
+        tracker = _trackers.get((cls, key))
+        if tracker is None:
+            with _lock:
+                tracker = _trackers.get((cls, key))
+                if tracker is None:
+                    tracker = _TouchTracker.install(cls, key, label)
+                    if tracker is None:
+                        continue
+                    _trackers[(cls, key)] = tracker
+        for scope in scopes:
+            scope.log.eager_touches.setdefault(label, 0)
+
+
+def _on_load(target: Any, query_context: Any) -> None:
+    record = _counting.get()
+    if record is None:
+        return
+    compiled = record._live
+    if compiled is None or getattr(query_context, "compile_state", None) is not getattr(
+        compiled, "compile_state", False
+    ):
+        return
+    root = record.joined_root
+    if isinstance(root, type) and isinstance(target, root):
+        record.loaded_parents += 1
+
+
+def _touch(label: str) -> None:
+    for scope in _targets():
+        touches = scope.log.eager_touches
+        touches[label] = touches.get(label, 0) + 1
+
+
+class _TouchTracker:
+    """Stands in for an eager-loaded relationship's class attribute while captures are
+    open: reads through instances are counted, everything else is delegated."""
+
+    __slots__ = ("classes", "key", "label", "original")
+
+    def __init__(self, original: Any, key: str, label: str) -> None:
+        self.original = original
+        self.key = key
+        self.label = label
+        self.classes: list[type] = []
+
+    @classmethod
+    def install(cls, owner: type, key: str, label: str) -> _TouchTracker | None:
+        original = owner.__dict__.get(key)
+        if original is None or not hasattr(original, "__get__"):
+            return None
+        tracker = cls(original, key, label)
+        try:
+            mapper = owner.__mapper__  # type: ignore[attr-defined]
+            classes = [m.class_ for m in mapper.self_and_descendants]
+        except AttributeError:
+            classes = [owner]
+        for klass in classes:
+            if klass.__dict__.get(key) is not None:
+                # type.__setattr__: bypass declarative's attribute interception
+                type.__setattr__(klass, key, _Tracked(klass.__dict__[key], tracker))
+                tracker.classes.append(klass)
+        return tracker
+
+    def remove(self) -> None:
+        for klass in self.classes:
+            current = klass.__dict__.get(self.key)
+            if isinstance(current, _Tracked):
+                type.__setattr__(klass, self.key, current.original)
+        self.classes.clear()
+
+
+class _Tracked:
+    """The descriptor installed by :class:`_TouchTracker` on one class."""
+
+    __slots__ = ("original", "tracker")
+
+    def __init__(self, original: Any, tracker: _TouchTracker) -> None:
+        self.original = original
+        self.tracker = tracker
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is not None:
+            _touch(self.tracker.label)
+        return self.original.__get__(obj, owner)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.original.__set__(obj, value)
+
+    def __delete__(self, obj: Any) -> None:
+        self.original.__delete__(obj)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
 
 
 def _after_cursor_execute(
@@ -203,6 +335,14 @@ def _uninstall() -> None:
         ):
             if event.contains(Engine, name, fn):
                 event.remove(Engine, name, fn)
+        for mapper in _load_listeners:
+            if event.contains(mapper, "load", _on_load):
+                event.remove(mapper, "load", _on_load)
+        _load_listeners.clear()
+        for tracker in _trackers.values():
+            tracker.remove()
+        _trackers.clear()
+        _info_cache.clear()
 
 
 def _engines_of(target: Any) -> frozenset[Any] | None:
