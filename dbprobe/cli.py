@@ -23,6 +23,9 @@ from dbprobe.urls import mask_secrets
 # name -> "module:attribute"; imported only when the command runs (or for --help).
 COMMANDS: dict[str, str] = {
     "demo": "dbprobe.commands.demo:demo",
+    "compare": "dbprobe.commands.compare:compare",
+    "slo": "dbprobe.commands.slo:slo",
+    "runs": "dbprobe.commands.runs:runs",
 }
 
 

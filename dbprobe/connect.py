@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from dbprobe.errors import ConnectError, DbprobeError, PrivilegeError
 from dbprobe.urls import DatabaseTarget, mask_secrets
@@ -151,9 +152,37 @@ def connect(
     try:
         return psycopg.connect(target.libpq_dsn(), **params)
     except psycopg.Error as exc:
+        if options and "unsupported startup parameter" in str(exc):
+            # A pooler such as PgBouncer refuses startup options: set them with SET.
+            return _connect_then_set(target, params, options)
         raise connect_error(exc, target) from None
     except OSError as exc:
         raise connect_error(exc, target) from None
+
+
+def _connect_then_set(
+    target: DatabaseTarget, params: dict[str, Any], options: str
+) -> psycopg.Connection[Any]:
+    params = dict(params)
+    params.pop("options", None)
+    try:
+        conn = psycopg.connect(target.libpq_dsn(), **params)
+    except (psycopg.Error, OSError) as exc:
+        raise connect_error(exc, target) from None
+    try:
+        for item in options.split("-c ")[1:]:
+            name, _, value = item.strip().partition("=")
+            conn.execute(
+                psycopg.sql.SQL("SELECT set_config({}, {}, false)").format(
+                    psycopg.sql.Literal(name), psycopg.sql.Literal(value)
+                )
+            )
+        if not conn.autocommit:
+            conn.commit()
+    except psycopg.Error as exc:
+        conn.close()
+        raise connect_error(exc, target) from None
+    return conn
 
 
 def require_privilege(conn: psycopg.Connection[Any], check_sql: str, what: str) -> None:

@@ -7,7 +7,10 @@ An id, once released, is never reused for something else. Every rule has
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from dbprobe.report.model import Finding, Severity
@@ -25,6 +28,11 @@ class Rule:
     def docs(self) -> str:
         """Path of the rule's page, relative to the repository root."""
         return f"docs/rules/{self.id}.md"
+
+    @property
+    def url(self) -> str:
+        """Absolute link to the rule's page (see :func:`docs_url`)."""
+        return docs_url(self.id)
 
     def finding(
         self,
@@ -57,6 +65,7 @@ _RULES = [
     Rule("pool-exhaustion", Severity.ERROR, "Pool cannot serve the load without timeouts"),
     Rule("connection-leak", Severity.ERROR, "Connections checked out and never returned"),
     Rule("slow-cold-start", Severity.WARNING, "Connection establishment slower than threshold"),
+    Rule("slo-violation", Severity.ERROR, "A measured distribution breaks a declared SLO"),
     Rule("unused-eager-load", Severity.INFO, "Relationship loaded eagerly and never read"),
     Rule(
         "joinedload-row-explosion",
@@ -82,3 +91,31 @@ def rule(rule_id: str) -> Rule:
         return RULES[rule_id]
     except KeyError:
         raise KeyError(f"unknown rule id {rule_id!r}") from None
+
+
+DOCS_BASE_URL = "https://dbprobe.dev/docs/rules"
+"""Where rule pages are published; ``$DBPROBE_DOCS_URL`` overrides it (a fork, a mirror,
+``https://github.com/ORG/REPO/blob/main/docs/rules``)."""
+
+
+def docs_url(rule_id: str) -> str:
+    """Absolute link to ``docs/rules/<rule_id>.md`` under ``$DBPROBE_DOCS_URL``
+    (default :data:`DOCS_BASE_URL`); reports (HTML, Markdown, SARIF) link here."""
+    base = os.environ.get("DBPROBE_DOCS_URL") or DOCS_BASE_URL
+    return f"{base.rstrip('/')}/{rule_id}.md"
+
+
+def _docs_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [here.parent / "docs" / "rules", here / "_bundled" / "docs" / "rules"]
+
+
+@cache
+def docs_text(rule_id: str) -> str | None:
+    """The Markdown of ``docs/rules/<rule_id>.md`` from a source checkout or the copy
+    bundled in the wheel; ``None`` when neither has it."""
+    for folder in _docs_dirs():
+        page = folder / f"{rule_id}.md"
+        if page.is_file():
+            return page.read_text(encoding="utf-8")
+    return None

@@ -61,8 +61,10 @@ class DatabaseTarget:
         port = f":{self.port}" if self.port and host else ""
         return userinfo + host + port
 
-    def _query(self, extra: Mapping[str, str] | None = None) -> str:
+    def _query(self, extra: Mapping[str, str] | None = None, *, mask: bool = False) -> str:
         params = dict(self.options)
+        if mask:
+            params = {k: (MASK if "password" in k.lower() else v) for k, v in params.items()}
         if self.host and self.host.startswith("/"):
             params["host"] = self.host
             if self.port:
@@ -71,9 +73,17 @@ class DatabaseTarget:
             params.update(extra)
         return ("?" + urllib.parse.urlencode(params)) if params else ""
 
-    def _url(self, scheme: str, password: str | None, extra: Mapping[str, str] | None) -> str:
+    def _url(
+        self,
+        scheme: str,
+        password: str | None,
+        extra: Mapping[str, str] | None,
+        *,
+        mask: bool = False,
+    ) -> str:
         db = urllib.parse.quote(self.database or "", safe="")
-        return f"{scheme}://{self._netloc(password)}/{db}{self._query(extra)}"
+        query = self._query(extra, mask=mask).replace("%2A%2A%2A", MASK)
+        return f"{scheme}://{self._netloc(password)}/{db}{query}"
 
     def libpq_dsn(self, **extra: str) -> str:
         """A libpq URI with the password (for connecting only, never for output)."""
@@ -109,7 +119,7 @@ class DatabaseTarget:
     def masked(self) -> str:
         """The URL for display: password replaced by ``***``, driver kept."""
         scheme = "postgresql" + (f"+{self.driver}" if self.driver else "")
-        return self._url(scheme, MASK if self.password is not None else None, None)
+        return self._url(scheme, MASK if self.password is not None else None, None, mask=True)
 
     def with_database(self, database: str) -> DatabaseTarget:
         return dataclasses.replace(self, database=database)
@@ -160,8 +170,12 @@ def parse_url(url: str) -> DatabaseTarget:
     try:
         parts = urllib.parse.urlsplit("postgresql://" + rest)
         port = parts.port
-    except ValueError as exc:
-        raise BadUrlError(f"malformed database URL: {_describe(exc)}") from None
+    except ValueError:
+        # urllib's message may quote part of the password: say it in our words
+        raise BadUrlError(
+            "malformed database URL: cannot read host and port "
+            "(percent-encode '/', '#', '?', '@' and ':' inside a password)"
+        ) from None
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     host: str | None = urllib.parse.unquote(parts.hostname) if parts.hostname else None
     if host is None and query.get("host"):
@@ -174,6 +188,10 @@ def parse_url(url: str) -> DatabaseTarget:
             port = int(raw)
         except ValueError:
             raise BadUrlError(f"malformed database URL: port {raw!r} is not a number") from None
+    if parts.password is not None and ("#" in rest.split("@")[0] or "?" in rest.split("@")[0]):
+        raise BadUrlError(
+            "malformed database URL: percent-encode '/', '#', '?', '@' and ':' inside a password"
+        )
     if port is not None and not 0 < port < 65536:
         raise BadUrlError(f"malformed database URL: port {port} out of range")
     q_user, q_password, q_db = (
@@ -225,10 +243,6 @@ def _parse_keyword_value(text: str) -> DatabaseTarget:
         database=values.pop("dbname", None),
         options=values,
     )
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc).split(":")[0] if ":" in str(exc) else str(exc)
 
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")

@@ -32,6 +32,7 @@ def shop_template(pg: PostgresServer) -> str:
             seed.build(conn, "small")
     finally:
         engine.dispose()
+    pg.settle(name)  # fresh statistics and visibility maps; autovacuum stays quiet
     return name
 
 

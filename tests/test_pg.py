@@ -367,3 +367,89 @@ def test_root_path_runs_server_as_unprivileged_account(pg: PostgresServer) -> No
     assert os.stat(pg.data_dir).st_uid != 0
     pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
     assert os.stat(f"/proc/{pid}").st_uid != 0
+
+
+def test_url_provider_never_drops_a_namesake(
+    pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    precious = pg.create_database()
+    pg.execute("CREATE TABLE keep (id int)", precious)
+    monkeypatch.setenv("DBPROBE_POSTGRES_URL", pg.dsn("postgres"))
+    with throwaway("url") as remote, pytest.raises(DbprobeError, match="already exists"):
+        remote.create_database(precious)
+    assert pg.execute(f"SELECT count(*) FROM pg_database WHERE datname = {precious!r}") == [(1,)]
+    pg.drop_database(precious)
+
+
+_URL_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from dbprobe.pg import throwaway
+    from dbprobe.pg.cleanup import REAPER
+    with throwaway("url") as remote:
+        # a namesake registered with a marker that is not its comment: must survive
+        REAPER.watch_database(sys.argv[1], "dbprobe:not-the-marker", remote.dsn(sys.argv[2]))
+        print(remote.database, flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_crash_drops_own_url_database_but_not_a_namesake(
+    pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namesake = pg.create_database()
+    env = {**os.environ, "DBPROBE_POSTGRES_URL": pg.dsn("postgres")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _URL_CHILD, namesake, "postgres"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.stdout is not None
+    made = proc.stdout.readline().strip()
+    assert made.startswith("dbprobe_")
+
+    def exists(name: str) -> bool:
+        return bool(pg.execute(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"))
+
+    assert exists(made)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while exists(made) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not exists(made), "the crashed run's database was not dropped"
+    assert exists(namesake), "a database with another marker was dropped"
+    pg.drop_database(namesake)
+
+
+def test_directories_are_private(pg: PostgresServer) -> None:
+    assert pg.data_dir is not None and pg.socket_dir is not None
+    base = pg.data_dir.parent
+    assert os.stat(base).st_mode & 0o777 == 0o711
+    assert os.stat(base).st_uid == os.geteuid()
+    for private in (pg.data_dir, Path(pg.socket_dir)):
+        assert os.stat(private).st_mode & 0o077 == 0, private
+    assert pg.log_path is not None and os.stat(pg.log_path).st_mode & 0o077 == 0
+
+
+def test_tcp_needs_the_random_password_by_default(pg: PostgresServer) -> None:
+    assert pg.password and len(pg.password) >= 16
+    no_pw = pg.target(user="postgres", password=None)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(no_pw.libpq_dsn(), connect_timeout=5)
+    rows = pg.execute("SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%PASSWORD%'")
+    assert rows == [(0,)], "the password reached pg_stat_statements"
+
+
+def test_url_provider_keeps_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    with throwaway("local", ssl=True) as server:
+        assert server.certificate is not None
+        url = server.dsn() + f"?sslmode=verify-ca&sslrootcert={server.certificate}"
+        monkeypatch.setenv("DBPROBE_POSTGRES_URL", url)
+        with throwaway("url") as remote:
+            assert "sslmode=verify-ca" in remote.dsn()
+            with psycopg.connect(remote.dsn(), connect_timeout=5) as conn:
+                assert conn.info.pgconn.ssl_in_use

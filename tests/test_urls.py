@@ -66,3 +66,26 @@ def test_mask_secrets_in_free_text() -> None:
     masked = mask_secrets(text)
     assert "hunter2" not in masked
     assert masked.count("***") == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:se/cret@db/shop",
+        "postgresql://app:se#cret@db/shop",
+        "postgresql://app:se?cret@db/shop",
+        "postgresql://app:12ab@db:notaport/shop",
+    ],
+)
+def test_malformed_url_errors_never_quote_the_password(url: str) -> None:
+    with pytest.raises(BadUrlError) as info:
+        parse_url(url)
+    secret = url.split(":")[2].split("@", maxsplit=1)[0]
+    for fragment in (secret, "cret", "12ab"):
+        assert fragment not in str(info.value)
+
+
+def test_masked_hides_password_options() -> None:
+    t = parse_url("postgresql://app:pw@db/shop?sslmode=verify-full&sslpassword=keypass")
+    assert "keypass" not in t.masked()
+    assert "sslmode=verify-full" in t.masked()

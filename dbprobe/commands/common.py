@@ -17,10 +17,47 @@ F = TypeVar("F", bound=Callable[..., Any])
 FAIL_ON = ("error", "warning", "info", "never")
 
 
+SAVE_KEY = "dbprobe.save"
+SLOS_KEY = "dbprobe.slos"
+
+
+def _remember_save(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[SAVE_KEY] = value
+
+
+def _load_slos(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Read the SLOs before the probe runs, so a bad configuration fails in a second."""
+    from dbprobe.slo import load_slos
+
+    ctx.meta[SLOS_KEY] = load_slos(value)
+
+
 def report_options(default_format: str = "table") -> Callable[[F], F]:
-    """``--format``, ``--output`` and ``--fail-on``, identical on every command."""
+    """``--format``, ``--output``, ``--fail-on``, ``--save`` and ``--config``, identical on
+    every command. ``--save`` and ``--config`` are handled by :func:`finish` (they add
+    no parameter to the command function)."""
 
     def deco(fn: F) -> F:
+        fn = click.option(
+            "--config",
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            is_eager=True,
+            callback=_load_slos,
+            help="TOML file with [tool.dbprobe.slo] (default: the nearest pyproject.toml).",
+        )(fn)
+        fn = click.option(
+            "--save",
+            is_flag=False,
+            flag_value=".dbprobe/runs",
+            default=None,
+            metavar="[DIR]",
+            expose_value=False,
+            callback=_remember_save,
+            help="Also keep the JSON report as the next numbered run in DIR "
+            "(default .dbprobe/runs), for dbprobe compare.",
+        )(fn)
         fn = click.option(
             "--fail-on",
             type=click.Choice(FAIL_ON),
@@ -47,10 +84,24 @@ def report_options(default_format: str = "table") -> Callable[[F], F]:
 
 
 def finish(report: Report, fmt: str, output: str | None, fail_on: str) -> int:
-    """Write the report and return the exit code per DESIGN.md."""
+    """Check the SLOs (``slo-violation`` findings), write the report, save it when
+    ``--save`` asked, and return the exit code per DESIGN.md."""
+    from dbprobe.slo import Slos, apply_slos
+
     if fmt not in RENDERERS:
         raise UsageError(f"unknown format {fmt!r}")
+    ctx = click.get_current_context(silent=True)
+    meta: dict[str, Any] = ctx.meta if ctx is not None else {}
+    slos = meta.get(SLOS_KEY)
+    apply_slos(report, slos if isinstance(slos, Slos) else None)
     write_report(report, fmt, output)
+    save = meta.get(SAVE_KEY)
+    if save:
+        from dbprobe.runs import RunStore
+
+        saved = RunStore(save).save(report.to_dict())
+        if ctx is not None:
+            progress_from(ctx).step(f"saved as run {saved.number} ({saved.path})")
     return report.exit_code(fail_on)
 
 

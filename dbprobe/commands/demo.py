@@ -53,10 +53,15 @@ def demo(
             t_seed = time.perf_counter()
             with engine.begin() as conn:
                 shop_seed.build(conn, size)
+            pg.settle(db)
             seed_s = time.perf_counter() - t_seed
             with engine.connect() as conn:
                 rows = conn.execute(
-                    text("SELECT relname, n_live_tup FROM pg_stat_user_tables ORDER BY relname")
+                    text(
+                        "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind = 'r' AND n.nspname = 'public' ORDER BY 1"
+                    )
                 ).all()
         finally:
             engine.dispose()
@@ -73,8 +78,14 @@ def demo(
             },
         }
         report.metrics = metrics
+        total = sum(int(n) for _, n in rows)
         report.notes.append(
-            f"throwaway server from provider {pg.provider}; not durable (fsync off)"
+            f"throwaway PostgreSQL {pg.version} from provider {pg.provider}, ready in "
+            f"{sum(v for k, v in pg.timings.items() if k != 'last_create_s'):.2f}s; "
+            "not durable (fsync off)"
+        )
+        report.notes.append(
+            f"shop fixture built ({size} seed): {len(rows)} tables, {total:,} rows in {seed_s:.2f}s"
         )
     report.duration_s = time.perf_counter() - t0
     progress.step("server stopped and removed")

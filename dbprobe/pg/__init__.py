@@ -43,7 +43,7 @@ def throwaway(
     *,
     max_connections: int = 100,
     settings: Mapping[str, str] | None = None,
-    auth: str = "trust",
+    auth: str = "scram-sha-256",
     password: str | None = None,
     ssl: bool = False,
     hba: Sequence[str] | None = None,

@@ -5,7 +5,9 @@ connected to a pipe held by the parent. The parent registers resources line by l
 
     pid <pid> <starttime>     a postmaster to stop (starttime from /proc/<pid>/stat)
     dir <path>                a directory to remove
-    dropdb <name> <dsn>       a database to drop on a user-supplied server
+    dropdb <name> <marker> <dsn>
+                              a database to drop on a user-supplied server, only if
+                              its COMMENT still equals <marker> (ours, not a namesake)
     un<kind> <key>            the parent cleaned it up itself
 
 When stdin reaches end of file (normal exit, crash, SIGKILL of the parent), anything
@@ -53,21 +55,30 @@ def _stop(pid: int, start: str) -> None:
             pass
 
 
-def _dropdb(name: str, dsn: str) -> None:
+def _dropdb(name: str, marker: str, dsn: str) -> None:
     try:
         import psycopg
 
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (name,),
+            ).fetchone()
+            if row is None or row[0] != marker:
+                return  # gone already, or not the database we created
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except Exception as exc:
-        print(f"dbprobe reaper: could not drop database {name}: {exc}", file=sys.stderr)
+        print(
+            f"dbprobe watchdog: could not drop database {name}: {type(exc).__name__}",
+            file=sys.stderr,
+        )
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
     pids: dict[str, str] = {}
     dirs: dict[str, None] = {}
-    dbs: dict[str, str] = {}
+    dbs: dict[str, tuple[str, str]] = {}
     for raw in sys.stdin:
         kind, _, rest = raw.rstrip("\n").partition(" ")
         if kind == "pid":
@@ -80,14 +91,14 @@ def main() -> None:
         elif kind == "undir":
             dirs.pop(rest, None)
         elif kind == "dropdb":
-            name, _, dsn = rest.partition(" ")
-            dbs[name] = dsn
+            name, marker, dsn = rest.split(" ", 2)
+            dbs[name] = (marker, dsn)
         elif kind == "undropdb":
             dbs.pop(rest, None)
     for pid, start in pids.items():
         _stop(int(pid), start)
-    for name, dsn in dbs.items():
-        _dropdb(name, dsn)
+    for name, (marker, dsn) in dbs.items():
+        _dropdb(name, marker, dsn)
     for path in dirs:
         shutil.rmtree(path, ignore_errors=True)
 

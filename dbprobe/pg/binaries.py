@@ -53,7 +53,7 @@ def _version_of(bindir: Path) -> tuple[int, str] | None:
     m = _VERSION_RE.search(out)
     if not m:
         return None
-    return int(m.group(1)), out.split(")")[-1].strip()
+    return int(m.group(1)), f"{m.group(1)}.{m.group(2) or 0}"
 
 
 def _candidate_dirs() -> list[tuple[Path, str]]:

@@ -1,8 +1,11 @@
 """Cleanup that survives the death of the process: the parent side of ``_reaper.py``.
 
-One watchdog process per dbprobe process, started on first use. Resources are
-registered before they exist and deregistered after in-process cleanup succeeds,
-so a crash at any point leaves the watchdog with exactly what is left to clean.
+One watchdog process per dbprobe process, started on first use. Directories are
+registered before they are filled, postmasters right after they are spawned,
+databases right after they are created (and marked); each is deregistered after
+in-process cleanup succeeds. A crash between spawn and registration of a postmaster
+is the one window not covered (the postmaster then stops by itself within a minute,
+when its data directory has been removed).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class Reaper:
             return self._proc
         try:
             self._proc = subprocess.Popen(
-                [self._python(), "-I", str(_SCRIPT)],
+                [self._python(), str(_SCRIPT)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=None,
@@ -77,8 +80,9 @@ class Reaper:
     def unwatch_dir(self, path: Path) -> None:
         self._send(f"undir {path}")
 
-    def watch_database(self, name: str, admin_dsn: str) -> None:
-        self._send(f"dropdb {name} {admin_dsn}")
+    def watch_database(self, name: str, marker: str, admin_dsn: str) -> None:
+        """Drop ``name`` at a crash, if its COMMENT still says ``marker``."""
+        self._send(f"dropdb {name} {marker} {admin_dsn}")
 
     def unwatch_database(self, name: str) -> None:
         self._send(f"undropdb {name}")

@@ -89,13 +89,16 @@ def run_docker(options: ServerOptions) -> Iterator[PostgresServer]:
         raise ServerStartError(why)
     if options.ssl or options.hba is not None:
         raise ServerStartError("the docker provider does not support ssl or custom pg_hba")
-    password = options.password or secrets.token_urlsafe(12)
+    # Docker publishes the port on every interface: never without a password.
+    password = options.password or secrets.token_urlsafe(18)
     image = os.environ.get("DBPROBE_DOCKER_IMAGE", DEFAULT_IMAGE)
     container = _container_class()(
         image, username="postgres", password=password, dbname="postgres", driver=None
     )
     container.with_command(_command(options))
-    container.with_env("POSTGRES_HOST_AUTH_METHOD", options.auth)
+    container.with_env(
+        "POSTGRES_HOST_AUTH_METHOD", "scram-sha-256" if options.auth == "trust" else options.auth
+    )
     start = time.perf_counter()
     try:
         container.start()

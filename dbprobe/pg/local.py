@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,7 +39,9 @@ FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
-    "max_wal_size": "2GB",
+    "max_wal_size": "1GB",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
     "checkpoint_timeout": "30min",
     "shared_preload_libraries": "pg_stat_statements",
     "pg_stat_statements.track": "all",
@@ -46,7 +49,6 @@ FAST_SETTINGS: Mapping[str, str] = {
     "jit": "off",
     "logging_collector": "off",
     "log_min_messages": "warning",
-    "dynamic_shared_memory_type": "posix",
 }
 _TMPFS_MIN_FREE = 1 << 30  # 1 GiB
 # One freshly initdb'ed data directory per (binaries, account, scratch root), copied for
@@ -74,9 +76,10 @@ class ServerOptions:
     max_connections: server ``max_connections`` (default 100; small values let pool
         tests exhaust the server).
     settings: extra ``postgresql.conf`` settings, applied after the defaults.
-    auth: ``trust`` (default), ``scram-sha-256`` or ``md5`` for TCP connections; the
-        private unix socket always trusts (dbprobe's own admin path).
-    password: the ``postgres`` role's password (required unless ``auth`` is trust).
+    auth: ``scram-sha-256`` (default), ``md5`` or ``trust`` for TCP connections; the
+        private unix socket (mode 700) always trusts: dbprobe's own admin path.
+    password: the ``postgres`` role's password; default a random one (the handle's
+        URLs carry it), so other local users cannot use the server.
     ssl: enable TLS with a self-signed certificate generated for this server.
     hba: complete ``pg_hba.conf`` lines replacing the generated TCP rules.
     listen: loopback addresses to listen on (default ``127.0.0.1``).
@@ -85,7 +88,7 @@ class ServerOptions:
 
     max_connections: int = 100
     settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    auth: str = "trust"
+    auth: str = "scram-sha-256"
     password: str | None = None
     ssl: bool = False
     hba: Sequence[str] | None = None
@@ -108,6 +111,33 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def on_tmpfs(path: Path) -> bool:
+    """Whether ``path`` lives on a tmpfs (by the longest matching mount point)."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                    best, fstype = parts[1], parts[2]
+    except OSError:
+        return False
+    return fstype == "tmpfs"
+
+
+def write_as(path: Path, text: str, account: ServerAccount, mode: int) -> None:
+    """Write a file inside a directory the account owns, without following a symlink
+    the account may have planted there, and give the file to the account."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        if account.switch:
+            os.fchown(fd, account.uid, account.gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -123,16 +153,24 @@ class LocalCluster:
         self.bins = readable_binaries(bins, self.account)
         self.options = options
         self.provider = provider
-        self.base = Path(tempfile.mkdtemp(prefix="dbprobe-pg-", dir=scratch_root()))
+        # Layout: base/ stays ours (mode 711: the account may traverse, not write);
+        # base/data and base/sock belong to the account, mode 700; base/postgresql.log
+        # is ours, mode 600, written by the server through an inherited descriptor. So
+        # no path root writes to or chowns can be swapped by the account.
+        root = scratch_root()
+        self.base = Path(tempfile.mkdtemp(prefix="dbprobe-pg-", dir=root))
         REAPER.watch_dir(self.base)
+        os.chmod(self.base, 0o711)
         self.data = self.base / "data"
         self.sock = self.base / "sock"
         self.log_path = self.base / "postgresql.log"
+        for d in (self.data, self.sock):
+            d.mkdir(mode=0o700)
+            self.account.give(d)
+        self.tmpfs = on_tmpfs(root)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.timings: dict[str, float] = {}
-        self.account.give(self.base)
-        os.chmod(self.base, 0o711)  # the account traverses to its socket and data
 
     # -- lifecycle --------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -172,7 +210,7 @@ class LocalCluster:
         key = (str(self.bins.bindir), self.account.uid, str(self.base.parent))
         pristine = _PRISTINE.get(key)
         if pristine is not None and (pristine / "PG_VERSION").exists():
-            self._run(["cp", "-a", str(pristine), str(self.data)], "copying the pristine cluster")
+            self._run(["cp", "-a", f"{pristine}/.", str(self.data)], "copying the pristine cluster")
             self.timings["copy_s"] = time.perf_counter() - start
         else:
             self._run(
@@ -190,8 +228,6 @@ class LocalCluster:
             )  # fmt: skip
             self.timings["initdb_s"] = time.perf_counter() - start
             self._keep_pristine(key)
-        self.sock.mkdir(mode=0o755)
-        self.account.give(self.sock)
         self._write_hba()
         if self.options.ssl:
             self._make_certificate()
@@ -199,10 +235,13 @@ class LocalCluster:
     def _keep_pristine(self, key: tuple[str, int, str]) -> None:
         holder = Path(tempfile.mkdtemp(prefix="dbprobe-pg-pristine-", dir=self.base.parent))
         REAPER.watch_dir(holder)
-        self.account.give(holder)
         os.chmod(holder, 0o711)
+        (holder / "data").mkdir(mode=0o700)
+        self.account.give(holder / "data")
         try:
-            self._run(["cp", "-a", str(self.data), str(holder / "data")], "keeping a pristine copy")
+            self._run(
+                ["cp", "-a", f"{self.data}/.", str(holder / "data")], "keeping a pristine copy"
+            )
         except ServerStartError as exc:  # an optimisation only
             log.debug("no pristine cluster kept: %s", exc)
             shutil.rmtree(holder, ignore_errors=True)
@@ -217,8 +256,7 @@ class LocalCluster:
             method = self.options.auth
             for cidr in ("127.0.0.1/32", "::1/128"):
                 lines.append(f"host all all {cidr} {method}")
-        (self.data / "pg_hba.conf").write_text("\n".join(lines) + "\n")
-        self.account.give(self.data / "pg_hba.conf")
+        write_as(self.data / "pg_hba.conf", "\n".join(lines) + "\n", self.account, 0o600)
 
     def _make_certificate(self) -> None:
         key, crt = self.data / "server.key", self.data / "server.crt"
@@ -233,13 +271,12 @@ class LocalCluster:
                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
                 "-keyout", str(key), "-out", str(crt),
             ],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True, text=True, timeout=60, check=False, cwd=self.data,
+            user=self.account.run_uid, group=self.account.run_gid,
+            extra_groups=self.account.run_groups, umask=0o077,
         )  # fmt: skip
         if res.returncode != 0:
             raise ServerStartError(f"openssl could not make a certificate: {res.stderr.strip()}")
-        for p in (key, crt):
-            self.account.give(p)
-        os.chmod(key, 0o600)
 
     @property
     def certificate(self) -> Path | None:
@@ -260,6 +297,9 @@ class LocalCluster:
             settings.update(
                 {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"}
             )
+        # Dynamic shared memory in the data directory when that is on tmpfs: a killed
+        # server then leaves no orphaned segment in /dev/shm.
+        settings["dynamic_shared_memory_type"] = "mmap" if self.tmpfs else "posix"
         if self.options.auth == "md5":
             settings["password_encryption"] = "md5"
         settings.update(self.options.settings)
@@ -281,7 +321,8 @@ class LocalCluster:
         for k, v in self._settings(port).items():
             args += ["-c", f"{k}={v}"]
         start = time.perf_counter()
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        logf = os.fdopen(fd, "ab")
         try:
             self.proc = subprocess.Popen(
                 args,
@@ -363,6 +404,8 @@ class LocalCluster:
             }
             wanted = [e for e in self.options.extensions if e in available]
             if self.options.password is not None:
+                # keep the password out of pg_stat_statements
+                conn.execute("SET pg_stat_statements.track_utility = off")
                 conn.execute(
                     psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                         psycopg.sql.Identifier(SUPERUSER),
@@ -387,8 +430,10 @@ class LocalCluster:
 @contextlib.contextmanager
 def run_local(bins: PgBinaries, options: ServerOptions, provider: str) -> Iterator[PostgresServer]:
     """Start a throwaway server from ``bins``; stop it and remove everything after."""
+    if options.auth not in ("trust", "scram-sha-256", "md5"):
+        raise ServerStartError(f"unknown auth method {options.auth!r}")
     if options.auth != "trust" and options.password is None:
-        raise ServerStartError(f"auth={options.auth!r} needs a password")
+        options = dataclasses.replace(options, password=secrets.token_urlsafe(18))
     cluster = LocalCluster(bins, options, provider)
     try:
         cluster.initdb()

@@ -33,7 +33,8 @@ def run_url(url: str, options: ServerOptions) -> Iterator[PostgresServer]:
         ) as conn:
             version, version_num = read_version(conn)
             can_create = conn.execute(
-                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+                "SELECT rolcreatedb OR rolsuper, current_user FROM pg_roles "
+                "WHERE rolname = current_user"
             ).fetchone()
     except psycopg.Error as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -44,8 +45,9 @@ def run_url(url: str, options: ServerOptions) -> Iterator[PostgresServer]:
         provider="url",
         host=target.host or "localhost",
         port=target.port or 5432,
-        user=target.user or "postgres",
+        user=target.user or str(can_create[1]),
         password=target.password,
+        options=dict(target.options),
         database=admin_db,
         version=version,
         version_num=version_num,

@@ -1,0 +1,183 @@
+"""``dbprobe compare`` output: ``table`` (terminal), ``json`` (``dbprobe.compare/1``),
+``markdown`` (a pull-request comment)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+
+from tabulate import tabulate
+
+from dbprobe.compare.checks import MetricChange
+from dbprobe.compare.diff import Comparison
+from dbprobe.report.model import Finding
+from dbprobe.report.views import finding_where
+from dbprobe.rules import RULES, docs_url
+
+
+def _n(v: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _ci(c: MetricChange) -> str:
+    if not (math.isfinite(c.ci_low) and math.isfinite(c.ci_high)):
+        return "-"
+    return f"{(c.ci_low - 1) * 100:+.0f}…{(c.ci_high - 1) * 100:+.0f}%"
+
+
+def _p(c: MetricChange) -> str:
+    if not math.isfinite(c.p_value):
+        return "-"
+    return "<0.001" if c.p_value < 0.001 else f"{c.p_value:.3f}"
+
+
+def _row(c: MetricChange) -> list[str]:
+    change = f"{c.change_pct:+.1f}%" if math.isfinite(c.ratio) else "∞"
+    return [
+        c.verdict,
+        c.metric,
+        c.stat,
+        f"{_n(c.base)}→{_n(c.new)} {c.unit}",
+        change,
+        _ci(c),
+        _p(c),
+        f"{c.threshold * 100:g}%",
+    ]
+
+
+HEADERS = ["verdict", "metric", "stat", "base→new", "change", "95% CI", "p", "limit"]
+SECTIONS = (
+    ("regression", "REGRESSIONS"),
+    ("inconclusive", "BEYOND THE LIMIT BUT WITHIN NOISE (pass)"),
+    ("improvement", "IMPROVEMENTS"),
+    ("unchanged", "UNCHANGED"),
+)
+
+
+def _headline(cmp: Comparison) -> str:
+    verdict = "FAIL" if cmp.exit_code else "PASS"
+    parts = [
+        f"{len(cmp.regressions)} regression(s)",
+        f"{len(cmp.new_findings)} new finding(s) ({len(cmp.failing_findings)} at or above "
+        f"{cmp.fail_on})",
+        f"{len(cmp.resolved)} resolved",
+    ]
+    return f"{verdict}: " + ", ".join(parts)
+
+
+def _side(label: str, info: object) -> str:
+    from dbprobe.compare.diff import RunInfo
+
+    assert isinstance(info, RunInfo)
+    extra = [info.command, info.started_at]
+    if info.commit:
+        extra.append(f"commit {info.commit[:12]}")
+    if info.server_version:
+        extra.append(f"PostgreSQL {info.server_version}")
+    return f"{label}: {info.source} ({', '.join(x for x in extra if x)})"
+
+
+def _finding_line(f: Finding) -> str:
+    where = finding_where(f)
+    return f"[{f.severity.value}] {f.rule}: {f.message}" + (f" — {where}" if where != "-" else "")
+
+
+def render_compare_table(cmp: Comparison, *, show_all: bool = False) -> str:
+    lines = [_side("base", cmp.base), _side("new ", cmp.new)]
+    lines.append("limits: " + ", ".join(cmp.checks))
+    for w in cmp.warnings:
+        lines.append(f"warning: {w}")
+    if cmp.new_findings:
+        lines += ["", f"NEW FINDINGS ({len(cmp.new_findings)})"]
+        lines += [f"  {_finding_line(f)}" for f in cmp.new_findings]
+    if cmp.resolved:
+        lines += ["", f"RESOLVED ({len(cmp.resolved)})"]
+        lines += [f"  {_finding_line(f)}" for f in cmp.resolved]
+    shown = cmp.changes if show_all else [c for c in cmp.changes if c.verdict != "unchanged"]
+    for verdict, title in SECTIONS:
+        rows = [_row(c)[1:-1] for c in shown if c.verdict == verdict]
+        if not rows:
+            continue
+        lines += ["", f"{title} ({len(rows)})"]
+        lines.append(
+            tabulate(
+                rows,
+                headers=HEADERS[1:-1],
+                tablefmt="simple",
+                disable_numparse=True,
+                colalign=("left", "left", "right", "right", "right", "right"),
+                maxcolwidths=[44, None, None, None, None, None],
+            )
+        )
+    hidden = len(cmp.changes) - len(shown)
+    if hidden:
+        lines.append(f"({hidden} metric check(s) unchanged; --all shows them)")
+    if not cmp.changes:
+        lines.append("(no metric present in both reports)")
+    if cmp.only_in_base or cmp.only_in_new:
+        lines.append(
+            f"({len(cmp.only_in_base)} metric(s) only in base, {len(cmp.only_in_new)} only in new)"
+        )
+    lines += ["", _headline(cmp)]
+    return "\n".join(lines) + "\n"
+
+
+def render_compare_json(cmp: Comparison, *, show_all: bool = False) -> str:
+    return json.dumps(cmp.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _md_table(rows: Sequence[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for row in rows:
+        cells = [row[0], f"`{row[1]}`", *row[2:]]
+        out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return out
+
+
+def render_compare_markdown(cmp: Comparison, *, show_all: bool = False) -> str:
+    icon = "❌" if cmp.exit_code else "✅"
+    out = [f"### {icon} dbprobe compare — {_headline(cmp)}", ""]
+    out += [f"- {_side('base', cmp.base)}", f"- {_side('new', cmp.new)}", ""]
+    for w in cmp.warnings:
+        out.append(f"> ⚠️ {_md_cell(w)}")
+    if cmp.warnings:
+        out.append("")
+    for title, items in (("New findings", cmp.new_findings), ("Resolved", cmp.resolved)):
+        if not items:
+            continue
+        out += [f"**{title}**", ""]
+        for f in items:
+            rule = f"[`{f.rule}`]({docs_url(f.rule)})" if f.rule in RULES else f"`{f.rule}`"
+            where = finding_where(f)
+            tail = f" — `{where}`" if where != "-" else ""
+            out.append(f"- {f.severity.value} {rule}: {_md_cell(f.message)}{tail}")
+        out.append("")
+    changed = [c for c in cmp.changes if c.verdict != "unchanged"]
+    same = [c for c in cmp.changes if c.verdict == "unchanged"]
+    if changed:
+        out += ["**Metrics**", "", *_md_table([_row(c) for c in changed]), ""]
+    if same:
+        out += [
+            "<details>",
+            f"<summary>{len(same)} metric check(s) unchanged</summary>",
+            "",
+            *_md_table([_row(c) for c in same]),
+            "",
+            "</details>",
+            "",
+        ]
+    return "\n".join(out)
+
+
+COMPARE_RENDERERS: dict[str, Callable[..., str]] = {
+    "table": render_compare_table,
+    "json": render_compare_json,
+    "markdown": render_compare_markdown,
+}

@@ -1,0 +1,24 @@
+"""Every rule id has its page, docs/rules/<id>.md (problem, evidence, fix, how to tune)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbprobe.rules import RULES, docs_text
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "rules"
+
+
+def test_every_rule_has_its_page() -> None:
+    missing = sorted(rule_id for rule_id in RULES if not (DOCS / f"{rule_id}.md").is_file())
+    assert not missing, (
+        f"{len(missing)} of {len(RULES)} rules lack docs/rules/<id>.md: {', '.join(missing)}"
+    )
+
+
+def test_pages_that_exist_are_real_pages() -> None:
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        assert page.stem in RULES, f"{page.name} documents no registered rule"
+        assert text.startswith("# ") and len(text) > 200, f"{page.name} is not a page yet"
+        assert docs_text(page.stem) == text  # what SARIF help and HTML reports embed
