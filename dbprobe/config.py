@@ -196,6 +196,8 @@ def parse_config(
     """Validate a ``[tool.dbprobe]`` table. Unknown keys and wrong types raise
     :class:`ConfigError` with one clear line."""
     known = {f.name for f in dataclasses.fields(DbprobeConfig)} - {"source"}
+    # Sub-tables ([tool.dbprobe.slo], ...) belong to other parts of dbprobe.
+    table = {k: v for k, v in table.items() if k in known or not isinstance(v, Mapping)}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(

@@ -64,6 +64,11 @@ def test_errors_are_one_clear_line(table: dict[str, object], message: str) -> No
     assert "\n" not in str(info.value)
 
 
+def test_other_sections_are_left_to_their_owners() -> None:
+    config = parse_config({"slo": {"query_p95_ms": 5}, "n_plus_one_threshold": 4})
+    assert config.n_plus_one_threshold == 4
+
+
 def test_matcher_location_and_fingerprint() -> None:
     m = Matcher(location="app/*.py", fingerprint="select * from audit*")
     keys = {
