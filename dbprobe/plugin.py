@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -666,10 +665,12 @@ class DbprobeSession:
             self._write_report()
 
     def build_report(self) -> Any:
+        import datetime as dt
+
         from dbprobe.report.model import Finding, Report, Target
 
         report = Report(command="pytest")
-        report.started_at = report.started_at.fromtimestamp(self.started, report.started_at.tzinfo)
+        report.started_at = dt.datetime.fromtimestamp(self.started, dt.timezone.utc)
         report.duration_s = time.time() - self.started
         report.target = Target("(no statement captured)", None)
         if self.targets:
@@ -741,7 +742,3 @@ class DbprobeSession:
 
 def _allowed(finding: Finding) -> bool:
     return bool(finding.evidence.get("allowed"))
-
-
-def _iter_paths(values: Iterable[str]) -> list[str]:
-    return [os.fspath(v) for v in values]

@@ -145,6 +145,7 @@ class StatementRecord:
         "_exec_options",
         "_fingerprint",
         "_live",
+        "_location",
         "_orm",
         "_shape",
         "_stmt",
@@ -199,6 +200,7 @@ class StatementRecord:
         self.joined_root: type | str | None = None
         self.loaded_parents = -1
         self._fingerprint: str | None = None
+        self._location: tuple[str | None, str | None] | None = None
         self._orm: Any = _UNSET
         self._shape: Any = _UNSET
 
@@ -230,7 +232,7 @@ class StatementRecord:
         if self._orm is _UNSET:
             from dbprobe.capture.orm import orm_context
 
-            self._orm = orm_context(self._stmt, self._exec_options)
+            self._orm = orm_context(self._stmt, self._exec_options, self._live)
         return self._orm  # type: ignore[no-any-return]
 
     @property
@@ -250,7 +252,12 @@ class StatementRecord:
         """``path:line`` of the call site relative to ``root`` (default: cwd)."""
         if self.call_site is None:
             return None
-        return CallSite(*self.call_site).location(root)
+        cached = self._location
+        if cached is not None and cached[0] == root:
+            return cached[1]
+        location = CallSite(*self.call_site).location(root)
+        self._location = (root, location)
+        return location
 
     @property
     def function(self) -> str | None:

@@ -11,6 +11,7 @@ missing in some release yields "unknown", never an error.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from dbprobe.capture.log import OrmContext, StatementShape
@@ -46,15 +47,42 @@ def _subject(stmt: Any) -> Any:
     return attrs.get("plugin_subject")
 
 
-def orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
+# Everything an OrmContext holds but the lazy-load parent is a function of the compiled
+# statement (loader paths and options are part of SQLAlchemy's cache key): compute it
+# once per compiled statement and parent class. Weak keys: SQLAlchemy owns the compiled
+# objects, this cache never keeps one alive.
+_context_cache: weakref.WeakKeyDictionary[Any, dict[Any, OrmContext | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_shape_cache: weakref.WeakKeyDictionary[Any, StatementShape | None] = weakref.WeakKeyDictionary()
+
+
+def orm_context(stmt: Any, exec_options: Any, compiled: Any = None) -> OrmContext | None:
     """The :class:`OrmContext` of an executed statement, or ``None`` for Core/raw SQL."""
     if stmt is None:
         return None
+    load_options = (exec_options or {}).get("_sa_orm_load_options")
+    lazy_from = getattr(load_options, "_lazy_loaded_from", None)
+    key = (
+        getattr(lazy_from, "class_", None),
+        getattr(load_options, "_refresh_state", None) is not None,
+    )
+    per_compiled = None
+    if compiled is not None:
+        try:
+            per_compiled = _context_cache.setdefault(compiled, {})
+        except TypeError:  # not weak-referenceable
+            per_compiled = None
+        if per_compiled is not None and key in per_compiled:
+            return per_compiled[key]
     try:
-        return _orm_context(stmt, exec_options)
+        context = _orm_context(stmt, exec_options)
     except Exception:  # introspection of internals: never let it break a capture
         log.debug("could not read the ORM context of %r", stmt, exc_info=True)
-        return None
+        context = None
+    if per_compiled is not None:
+        per_compiled[key] = context
+    return context
 
 
 def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
@@ -172,6 +200,19 @@ def _expr_name(expr: Any) -> str | None:
 
 def statement_shape(stmt: Any, compiled: Any) -> StatementShape | None:
     """Selected expressions and bound equality filters of a SELECT, or ``None``."""
+    if compiled is not None:
+        try:
+            if compiled in _shape_cache:
+                return _shape_cache[compiled]
+            shape = _uncached_shape(stmt, compiled)
+            _shape_cache[compiled] = shape
+            return shape
+        except TypeError:  # not weak-referenceable
+            pass
+    return _uncached_shape(stmt, compiled)
+
+
+def _uncached_shape(stmt: Any, compiled: Any) -> StatementShape | None:
     # The compiled form knows the rendered bind names of *its* statement's parameters.
     compiled_stmt = getattr(compiled, "statement", None)
     if compiled_stmt is not None:
