@@ -102,18 +102,27 @@ def _targets() -> tuple[Capture, ...]:
 
 def _before_cursor_execute(
     conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> None:
+) -> tuple[str, Any]:
+    # Registered with retval=True (saves SQLAlchemy's wrapper call): return both as given.
     scopes = _context_scopes.get()
     if _process_scopes:
         scopes = _targets()
     if not scopes or _suspend.get():
-        return
+        return statement, parameters
     engine = conn.engine
     site = _resolver.resolve(1)
     try:
         connection = id(conn.connection.dbapi_connection)
     except Exception:  # a closed or invalidated connection: still record the statement
         connection = 0
+    try:
+        invoked, options, compiled = (
+            context.invoked_statement,
+            context.execution_options,
+            context.compiled,
+        )
+    except AttributeError:  # no execution context (or a custom one)
+        invoked = options = compiled = None
     record = StatementRecord(
         next(_seq),
         statement,
@@ -123,9 +132,9 @@ def _before_cursor_execute(
         connection,
         engine,
         engine.dialect.name,
-        getattr(context, "invoked_statement", None),
-        getattr(context, "execution_options", None),
-        getattr(context, "compiled", None),
+        invoked,
+        options,
+        compiled,
         _ignored.get(),
     )
     for scope in scopes:
@@ -133,7 +142,6 @@ def _before_cursor_execute(
             scope.log.statements.append(record)
     if context is not None:
         setattr(context, _RECORD_ATTR, record)
-        compiled = record._live
         if compiled is not None:
             info = _info_cache.get(compiled)
             if info is None:
@@ -141,6 +149,7 @@ def _before_cursor_execute(
             if info is not NO_INFO:
                 _watch_eager_loads(info, record, scopes)
     record.start_ns = _perf_ns()
+    return statement, parameters
 
 
 def _watch_eager_loads(
@@ -309,7 +318,7 @@ def _install() -> None:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
-        event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(Engine, "before_cursor_execute", _before_cursor_execute, retval=True)
         event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
         event.listen(Engine, "handle_error", _handle_error)
         event.listen(Engine, "commit", _commit)
