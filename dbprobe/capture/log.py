@@ -142,13 +142,12 @@ class StatementRecord:
     """
 
     __slots__ = (
-        "_exec_options",
         "_fingerprint",
         "_live",
         "_location",
         "_orm",
+        "_orm_key",
         "_shape",
-        "_stmt",
         "call_site",
         "connection",
         "dialect",
@@ -176,8 +175,7 @@ class StatementRecord:
         connection: int,
         engine: Any,
         dialect: str,
-        stmt: Any,
-        exec_options: Any,
+        orm_key: Any,
         live: Any,
         ignored: frozenset[str] | None,
     ) -> None:
@@ -189,8 +187,7 @@ class StatementRecord:
         self.connection = connection
         self.engine = engine
         self.dialect = dialect
-        self._stmt = stmt
-        self._exec_options = exec_options
+        self._orm_key = orm_key
         self._live = live
         self.ignored = ignored
         self.start_ns = 0
@@ -232,7 +229,7 @@ class StatementRecord:
         if self._orm is _UNSET:
             from dbprobe.capture.orm import orm_context
 
-            self._orm = orm_context(self._stmt, self._exec_options, self._live)
+            self._orm = orm_context(self._live, self._orm_key)
         return self._orm  # type: ignore[no-any-return]
 
     @property
@@ -241,7 +238,7 @@ class StatementRecord:
         if self._shape is _UNSET:
             from dbprobe.capture.orm import statement_shape
 
-            self._shape = statement_shape(self._stmt, self._live)
+            self._shape = statement_shape(self._live)
         return self._shape  # type: ignore[no-any-return]
 
     @property
@@ -275,7 +272,7 @@ class StatementRecord:
         """Resolve the derived views and drop the references to live SQLAlchemy objects
         (statements, execution options, engines) so the log holds plain data only."""
         _ = self.fingerprint, self.orm, self.shape
-        self._stmt = self._exec_options = self._live = None
+        self._orm_key = self._live = None
         self.engine = None
         self.joined_root = _class_label(self.joined_root)
 
@@ -328,8 +325,7 @@ class StatementRecord:
             connection=int(data.get("connection") or 0),
             engine=None,
             dialect=str(data.get("dialect") or ""),
-            stmt=None,
-            exec_options=None,
+            orm_key=None,
             live=None,
             ignored=frozenset(ignored) if ignored is not None else None,
         )

@@ -57,35 +57,45 @@ _context_cache: weakref.WeakKeyDictionary[Any, dict[Any, OrmContext | None]] = (
 _shape_cache: weakref.WeakKeyDictionary[Any, StatementShape | None] = weakref.WeakKeyDictionary()
 
 
-def orm_context(stmt: Any, exec_options: Any, compiled: Any = None) -> OrmContext | None:
-    """The :class:`OrmContext` of an executed statement, or ``None`` for Core/raw SQL."""
+def orm_key(execution_options: Any) -> tuple[type | None, bool] | None:
+    """What an ORM context needs from one execution, read on the hot path without keeping
+    the execution alive: the class of the object being lazy-loaded from (or ``None``) and
+    whether it refreshes expired attributes. ``None`` for non-ORM executions."""
+    load_options = execution_options.get("_sa_orm_load_options")
+    if load_options is None:
+        return None
+    lazy_from = load_options._lazy_loaded_from
+    return (
+        lazy_from.class_ if lazy_from is not None else None,
+        load_options._refresh_state is not None,
+    )
+
+
+def orm_context(compiled: Any, key: tuple[type | None, bool] | None) -> OrmContext | None:
+    """The :class:`OrmContext` of an execution of ``compiled`` (``key`` from
+    :func:`orm_key`), or ``None`` for Core/raw SQL. Cached per compiled statement."""
+    stmt = getattr(compiled, "statement", None)
     if stmt is None:
         return None
-    load_options = (exec_options or {}).get("_sa_orm_load_options")
-    lazy_from = getattr(load_options, "_lazy_loaded_from", None)
-    key = (
-        getattr(lazy_from, "class_", None),
-        getattr(load_options, "_refresh_state", None) is not None,
-    )
+    cache_key = key or (None, False)
     per_compiled = None
-    if compiled is not None:
-        try:
-            per_compiled = _context_cache.setdefault(compiled, {})
-        except TypeError:  # not weak-referenceable
-            per_compiled = None
-        if per_compiled is not None and key in per_compiled:
-            return per_compiled[key]
     try:
-        context = _orm_context(stmt, exec_options)
+        per_compiled = _context_cache.setdefault(compiled, {})
+    except TypeError:  # not weak-referenceable
+        per_compiled = None
+    if per_compiled is not None and cache_key in per_compiled:
+        return per_compiled[cache_key]
+    try:
+        context = _orm_context(stmt, cache_key[0], cache_key[1])
     except Exception:  # introspection of internals: never let it break a capture
         log.debug("could not read the ORM context of %r", stmt, exc_info=True)
         context = None
     if per_compiled is not None:
-        per_compiled[key] = context
+        per_compiled[cache_key] = context
     return context
 
 
-def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
+def _orm_context(stmt: Any, lazy_parent: type | None, refreshing: bool) -> OrmContext | None:
     subject = _subject(stmt)
     if subject is None:
         return None
@@ -95,10 +105,7 @@ def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
         return OrmContext(entity=entity, dml=True)
     compile_options = getattr(stmt, "_compile_options", None)
     current_path = getattr(compile_options, "_current_path", None)
-    refresh = bool(getattr(compile_options, "_for_refresh_state", False))
-    load_options = (exec_options or {}).get("_sa_orm_load_options")
-    lazy_from = getattr(load_options, "_lazy_loaded_from", None)
-    refresh = refresh or getattr(load_options, "_refresh_state", None) is not None
+    refresh = bool(getattr(compile_options, "_for_refresh_state", False)) or refreshing
 
     relationship = parent = None
     path: tuple[str, ...] = ()
@@ -109,13 +116,13 @@ def _orm_context(stmt: Any, exec_options: Any) -> OrmContext | None:
         relationship = _prop_name(last)
         collections = tuple(bool(p.uselist) for p in props)
         path = tuple(_prop_name(p) for p in props)
-    if lazy_from is not None:
-        parent = getattr(getattr(lazy_from, "class_", None), "__name__", None)
+    if lazy_parent is not None:
+        parent = lazy_parent.__name__
     pk_get = _is_pk_get(stmt, mapper)
     return OrmContext(
         entity=entity,
         relationship=relationship,
-        lazy=lazy_from is not None,
+        lazy=lazy_parent is not None,
         parent=parent,
         path=path,
         collections=collections,
@@ -198,8 +205,9 @@ def _expr_name(expr: Any) -> str | None:
     return None
 
 
-def statement_shape(stmt: Any, compiled: Any) -> StatementShape | None:
-    """Selected expressions and bound equality filters of a SELECT, or ``None``."""
+def statement_shape(compiled: Any) -> StatementShape | None:
+    """Selected expressions and bound equality filters of a compiled SELECT, or ``None``."""
+    stmt = getattr(compiled, "statement", None)
     if compiled is not None:
         try:
             if compiled in _shape_cache:
@@ -214,9 +222,6 @@ def statement_shape(stmt: Any, compiled: Any) -> StatementShape | None:
 
 def _uncached_shape(stmt: Any, compiled: Any) -> StatementShape | None:
     # The compiled form knows the rendered bind names of *its* statement's parameters.
-    compiled_stmt = getattr(compiled, "statement", None)
-    if compiled_stmt is not None:
-        stmt = compiled_stmt
     if stmt is None or not getattr(stmt, "is_select", False):
         return None
     try:

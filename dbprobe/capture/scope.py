@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 
 from dbprobe.capture.callsite import CallSiteResolver
 from dbprobe.capture.log import Boundary, QueryLog, StatementRecord
-from dbprobe.capture.orm import NO_INFO, StatementInfo, statement_info
+from dbprobe.capture.orm import NO_INFO, StatementInfo, orm_key, statement_info
 
 __all__ = ["Capture", "IgnoreBlock", "capture", "ignore", "resolver"]
 
@@ -116,13 +116,10 @@ def _before_cursor_execute(
     except Exception:  # a closed or invalidated connection: still record the statement
         connection = 0
     try:
-        invoked, options, compiled = (
-            context.invoked_statement,
-            context.execution_options,
-            context.compiled,
-        )
+        compiled = context.compiled
+        key = orm_key(context.execution_options) if compiled is not None else None
     except AttributeError:  # no execution context (or a custom one)
-        invoked = options = compiled = None
+        compiled = key = None
     record = StatementRecord(
         next(_seq),
         statement,
@@ -132,8 +129,7 @@ def _before_cursor_execute(
         connection,
         engine,
         engine.dialect.name,
-        invoked,
-        options,
+        key,
         compiled,
         _ignored.get(),
     )
