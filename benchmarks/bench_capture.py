@@ -159,10 +159,8 @@ def main() -> None:
 
         nplusone_note = ""
         try:
+            import nplusone.ext.sqlalchemy  # noqa: F401  (patches SQLAlchemy on import)
             from nplusone.core import profiler
-            from nplusone.ext.sqlalchemy import setup_state
-
-            setup_state()
 
             class Recording(profiler.Profiler):  # type: ignore[misc]
                 seen: ClassVar[list[str]] = []
@@ -189,17 +187,70 @@ def main() -> None:
         for title, table in (("wall time", results), ("client CPU time", cpu)):
             for workload, per_mode in table.items():
                 n = statements[workload]
-                bare = statistics.median(per_mode["bare"])
+                bare_runs = per_mode["bare"]
+                bare = statistics.median(bare_runs)
                 print(f"\n{workload}, {title}: {n} statements per run, {args.rounds} rounds")
                 header = f"  {'mode':<9} {'median µs/stmt':>15} {'min–max ms/run':>18}"
-                print(header + f" {'ratio':>7} {'+µs/stmt':>9}")
+                print(header + f" {'ratio':>7} {'paired':>7} {'+µs/stmt':>9}")
                 for mode, samples in per_mode.items():
                     med = statistics.median(samples)
+                    # Paired: each run against the bare run of the same round (same noise).
+                    paired = (
+                        statistics.median(m / b for m, b in zip(samples, bare_runs, strict=False))
+                        if mode != "nplusone"
+                        else med / bare
+                    )
                     print(
                         f"  {mode:<9} {med / n * 1e6:>15.1f} "
                         f"{min(samples) * 1e3:>8.1f}–{max(samples) * 1e3:<8.1f} "
-                        f"{med / bare:>7.3f} {(med - bare) / n * 1e6:>+9.2f}"
+                        f"{med / bare:>7.3f} {paired:>7.3f} {(med - bare) / n * 1e6:>+9.2f}"
                     )
+        # The cost inside dbprobe's listeners, timed directly (robust on a noisy machine).
+        from dbprobe.capture import scope as capture_scope
+
+        spent: list[int] = []
+        before_fn, after_fn = (
+            capture_scope._before_cursor_execute,
+            capture_scope._after_cursor_execute,
+        )
+
+        def timed_before(*a: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return before_fn(*a)
+            finally:
+                spent.append(time.perf_counter_ns() - t0)
+
+        def timed_after(*a: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return after_fn(*a)
+            finally:
+                spent[-1] += time.perf_counter_ns() - t0
+
+        for workload, fn in workloads.items():
+            spent.clear()
+            with dbprobe.capture():
+                event.remove(Engine, "before_cursor_execute", before_fn)
+                event.remove(Engine, "after_cursor_execute", after_fn)
+                event.listen(Engine, "before_cursor_execute", timed_before, retval=True)
+                event.listen(Engine, "after_cursor_execute", timed_after)
+                try:
+                    fn()
+                finally:
+                    event.remove(Engine, "before_cursor_execute", timed_before)
+                    event.remove(Engine, "after_cursor_execute", timed_after)
+                    event.listen(Engine, "before_cursor_execute", before_fn, retval=True)
+                    event.listen(Engine, "after_cursor_execute", after_fn)
+            spent.sort()
+            n = len(spent)
+            bare_stmt = statistics.median(results[workload]["bare"]) / statements[workload] * 1e9
+            p50, p95 = spent[n // 2], spent[int(n * 0.95)]
+            print(
+                f"\n{workload}: time inside dbprobe's listeners per statement: p50 "
+                f"{p50 / 1e3:.2f} µs, p95 {p95 / 1e3:.2f} µs (n={n}); against the bare "
+                f"median of {bare_stmt / 1e3:.1f} µs per statement: {1 + p50 / bare_stmt:.3f}x"
+            )
         for name, log in last_logs.items():
             t0 = time.perf_counter()
             findings = log.findings()
