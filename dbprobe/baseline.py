@@ -21,7 +21,7 @@ from typing import Any
 
 from dbprobe.errors import UsageError
 
-__all__ = ["SCHEMA", "Baseline", "BaselineEntry", "Regression", "finding_key"]
+__all__ = ["SCHEMA", "Baseline", "BaselineEntry", "finding_key"]
 
 SCHEMA = "dbprobe.baseline/1"
 
@@ -42,15 +42,6 @@ class BaselineEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"statements": self.statements, "findings": sorted(self.findings)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Regression:
-    """Why a test fails against the baseline."""
-
-    test: str
-    kind: str  # "count" or "finding"
-    message: str
 
 
 @dataclasses.dataclass
@@ -89,35 +80,19 @@ class Baseline:
         tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, file)
 
-    def check(
-        self, test: str, statements: int, findings: Iterable[Mapping[str, Any]]
-    ) -> list[Regression]:
-        """Regressions of one test: more statements than recorded, or findings whose
-        key the baseline does not hold (a test absent from the baseline has no count
-        limit, but its findings are all new)."""
+    def allows(self, test: str) -> int | None:
+        """The statement count recorded for ``test`` (``None``: not in the baseline)."""
         entry = self.tests.get(test)
-        out = []
-        if entry is not None and statements > entry.statements:
-            out.append(
-                Regression(
-                    test,
-                    "count",
-                    f"ran {statements} statements, the baseline allows {entry.statements}",
-                )
-            )
+        return None if entry is None else entry.statements
+
+    def new_findings(
+        self, test: str, findings: Iterable[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]]:
+        """The findings whose key the baseline does not hold for ``test`` (all of them
+        for a test absent from the baseline)."""
+        entry = self.tests.get(test)
         known = set(entry.findings) if entry is not None else set()
-        for finding in findings:
-            key = finding_key(finding)
-            if key not in known:
-                where = finding.get("location") or "?"
-                out.append(
-                    Regression(
-                        test,
-                        "finding",
-                        f"new {finding.get('rule')} finding at {where}: {finding.get('message')}",
-                    )
-                )
-        return out
+        return [f for f in findings if finding_key(f) not in known]
 
     def improved(self, test: str, statements: int) -> bool:
         entry = self.tests.get(test)

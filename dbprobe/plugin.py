@@ -510,14 +510,11 @@ class DbprobeSession:
             failing = [f for f in findings if f.rule in state.fail_on and not _allowed(f)]
             baseline = self.baseline()
             if baseline is not None and not self.settings.baseline_update:
-                from dbprobe.baseline import finding_key
-
-                entry = baseline.tests.get(item.nodeid)
-                known = set(entry.findings) if entry is not None else set()
-                if entry is not None and len(log) > entry.statements:
+                allowed_count = baseline.allows(item.nodeid)
+                if allowed_count is not None and len(log) > allowed_count:
                     failures.append(
                         f"dbprobe: {len(log)} statements ran, the baseline "
-                        f"{self.settings.baseline} allows {entry.statements}:\n"
+                        f"{self.settings.baseline} allows {allowed_count}:\n"
                         + log.format_statements(root=state.config.root)
                     )
                 # With a baseline only new findings fail: those of --dbprobe-fail-on
@@ -527,7 +524,13 @@ class DbprobeSession:
                     if state.fail_on
                     else [f for f in findings if f.severity.rank > 0 and not _allowed(f)]
                 )
-                failing = [f for f in candidates if finding_key(f.to_dict()) not in known]
+                from dbprobe.baseline import finding_key
+
+                dicts = [c.to_dict() for c in candidates]
+                new_keys = {finding_key(d) for d in baseline.new_findings(item.nodeid, dicts)}
+                failing = [
+                    c for c, d in zip(candidates, dicts, strict=True) if finding_key(d) in new_keys
+                ]
             if failing:
                 why = (
                     f"findings of --dbprobe-fail-on rules ({', '.join(state.fail_on)})"
