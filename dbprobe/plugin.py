@@ -418,20 +418,22 @@ class DbprobeSession:
         kwargs: dict[str, Any] = {}
         for mark in reversed(list(item.iter_markers("dbprobe"))):  # closest marker wins
             if mark.args:
-                raise pytest.UsageError(
-                    f"dbprobe: {item.nodeid}: @pytest.mark.dbprobe takes keyword arguments only"
+                pytest.fail(
+                    f"dbprobe: {item.nodeid}: @pytest.mark.dbprobe takes keyword arguments only",
+                    pytrace=False,
                 )
             kwargs.update(mark.kwargs)
         for key, value in kwargs.items():
             expected = _MARKER_KEYS.get(key)
             if expected is None:
-                raise pytest.UsageError(
+                pytest.fail(
                     f"dbprobe: {item.nodeid}: unknown marker argument {key!r} "
-                    f"(use {', '.join(sorted(_MARKER_KEYS))})"
+                    f"(use {', '.join(sorted(_MARKER_KEYS))})",
+                    pytrace=False,
                 )
             if value is not None and not isinstance(value, expected):
-                raise pytest.UsageError(
-                    f"dbprobe: {item.nodeid}: {key}={value!r} has the wrong type"
+                pytest.fail(
+                    f"dbprobe: {item.nodeid}: {key}={value!r} has the wrong type", pytrace=False
                 )
         return kwargs
 
@@ -447,7 +449,7 @@ class DbprobeSession:
         state = item.stash.get(_STATE, None)
         if state is not None:
             return state
-        from dbprobe.config import parse_rule_list
+        from dbprobe.config import ConfigError, parse_rule_list
 
         marker = self._marker(item)
         config = self.settings.config
@@ -461,7 +463,10 @@ class DbprobeSession:
         fail_on = self.settings.fail_on
         if marker.get("fail_on") is not None:
             raw = marker["fail_on"]
-            fail_on = parse_rule_list(list(raw) if not isinstance(raw, str) else raw)
+            try:
+                fail_on = parse_rule_list(list(raw) if not isinstance(raw, str) else raw)
+            except ConfigError as exc:
+                pytest.fail(f"dbprobe: {item.nodeid}: marker {exc}", pytrace=False)
         state = _TestState(
             nodeid=item.nodeid,
             settings=self.settings,

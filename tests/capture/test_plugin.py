@@ -229,12 +229,22 @@ def test_fixture_assertions(session, dbprobe):
 @pytest.mark.dbprobe(enabled=False)
 def test_opted_out(session):
     run_flow("n1-get-loop", session)
+
+@pytest.mark.dbprobe(max_querys=3)
+def test_misspelt_marker():
+    pass
+
+@pytest.mark.dbprobe(fail_on="n-plus-two")
+def test_unknown_rule_in_marker():
+    pass
 """
     )
     result = tester.runpytest("test_budget.py")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=3, failed=3)
     out = result.stdout.str()
     assert "dbprobe: 7 statements ran, the budget is 3 (max_queries):" in out
+    assert "unknown marker argument 'max_querys'" in out
+    assert "marker fail_on: unknown rule id(s) n-plus-two" in out
     assert "fixtures/shop/app/catalog.py:57 (category_tree) [lazy Category.children]" in out
     # Without --dbprobe only the marked and fixture-using tests were captured.
     assert "3 captured tests" in out
