@@ -9,7 +9,10 @@
 
 The pytest plugin runs :func:`analyze` after each test; ``QueryLog.findings`` runs only
 the built-in detectors. Register more with :func:`register_analyzer` /
-:func:`register_enricher`.
+:func:`register_enricher`; a richer plan analysis replaces the built-in EXPLAIN step with
+``replace_enricher(explain_cost_enricher, richer)`` (same signature; it should act only
+when ``ctx.explain`` is set and keep ``evidence["explain"]["total_cost"]`` and
+``["count_x_cost"]``, which the terminal summary prints).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ __all__ = [
     "CaptureContext",
     "Enricher",
     "analyze",
+    "explain_cost_enricher",
     "register_analyzer",
     "register_enricher",
+    "replace_enricher",
 ]
 
 log = logging.getLogger("dbprobe.capture")
@@ -61,9 +66,10 @@ def _builtin_detectors(query_log: QueryLog, ctx: CaptureContext) -> list[Finding
     return detect(query_log, ctx.config, test=ctx.test, root=ctx.root)
 
 
-def _explain_enricher(
+def explain_cost_enricher(
     findings: list[Finding], query_log: QueryLog, ctx: CaptureContext
 ) -> list[Finding]:
+    """Attach the EXPLAIN cost of each N+1's statement (only when ``ctx.explain``)."""
     if not ctx.explain:
         return findings
     from dbprobe.capture.explain import attach_explain_costs
@@ -72,7 +78,7 @@ def _explain_enricher(
 
 
 ANALYZERS: list[Analyzer] = [_builtin_detectors]
-ENRICHERS: list[Enricher] = [_explain_enricher]
+ENRICHERS: list[Enricher] = [explain_cost_enricher]
 
 
 def register_analyzer(analyzer: Analyzer) -> Analyzer:
@@ -87,6 +93,14 @@ def register_enricher(enricher: Enricher) -> Enricher:
     if enricher not in ENRICHERS:
         ENRICHERS.append(enricher)
     return enricher
+
+
+def replace_enricher(old: Enricher, new: Enricher) -> None:
+    """Put ``new`` where ``old`` runs (or at the end when ``old`` is not registered)."""
+    if old in ENRICHERS:
+        ENRICHERS[ENRICHERS.index(old)] = new
+    else:
+        register_enricher(new)
 
 
 def analyze(query_log: QueryLog, ctx: CaptureContext) -> list[Finding]:

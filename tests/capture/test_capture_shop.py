@@ -437,3 +437,30 @@ def test_app_paths_make_library_code_application_code(
     assert after.statements[0].call_site is not None
     assert after.statements[0].call_site[0] == str(lib / "queries.py")
     assert after.statements[0].call_site[1] == 3
+
+
+def test_analyzer_and_enricher_hooks(shop_engine: Engine) -> None:
+    from dbprobe.capture import analyzers
+    from dbprobe.rules import RULES
+
+    log = _run_sync(MANIFEST.problem("n1-order-customer"), shop_engine)
+    ctx = analyzers.CaptureContext(config=DbprobeConfig(root=str(ROOT)), test="t::x")
+
+    def count_statements(query_log: QueryLog, c: analyzers.CaptureContext) -> list[Finding]:
+        return [
+            RULES["unused-index"].finding(f"{len(query_log)} statements", "none", location="x:1")
+        ]
+
+    def tag(findings: list[Finding], query_log: QueryLog, c: analyzers.CaptureContext) -> list:
+        return [f.with_test("tagged::" + (f.test or "")) for f in findings]
+
+    analyzers.register_analyzer(count_statements)
+    analyzers.replace_enricher(analyzers.explain_cost_enricher, tag)
+    try:
+        found = analyzers.analyze(log, ctx)
+    finally:
+        analyzers.ANALYZERS.remove(count_statements)
+        analyzers.replace_enricher(tag, analyzers.explain_cost_enricher)
+    assert sorted(f.rule for f in found) == ["n-plus-one", "unused-index"]
+    assert {f.test for f in found} == {"tagged::t::x"}
+    assert [analyzers.explain_cost_enricher] == analyzers.ENRICHERS
