@@ -343,3 +343,15 @@ def test_xdist_merges_worker_results(tester: pytest.Pytester) -> None:
     assert "dbprobe: 3 findings in 3 of 5 captured tests" in result.stdout.str()
     # Both workers ran tests (the merged report is not one worker's).
     assert "2 workers" in result.stdout.str()
+
+
+def test_report_parameters_only_when_asked(tester: pytest.Pytester) -> None:
+    args = ["--dbprobe", "--dbprobe-report", "r.json", "-k", "test_get_loop"]
+    tester.runpytest(*args).assert_outcomes(passed=1)
+    plain = _report(tester.path / "r.json")
+    assert "log" not in plain["metrics"]["capture"]["tests"]["test_flows.py::test_get_loop"]
+    tester.runpytest(*args, "--dbprobe-report-parameters").assert_outcomes(passed=1)
+    full = _report(tester.path / "r.json")
+    log = full["metrics"]["capture"]["tests"]["test_flows.py::test_get_loop"]["log"]
+    ids = [s["parameters"]["pk_1"] for s in log["statements"]]
+    assert ids == list(range(101, 121))  # catalog.DEFAULT_PRODUCT_IDS
