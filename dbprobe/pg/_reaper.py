@@ -25,13 +25,17 @@ import time
 
 
 def _starttime(pid: int) -> str | None:
+    """The process's start time, or None when it is gone or a zombie (dead, not reaped)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
     except OSError:
         return None
-    # field 22 (starttime), counted after the parenthesised command name
-    return data.rsplit(")", 1)[1].split()[19]
+    # fields after the parenthesised command name: state is 3rd, starttime 22nd
+    fields = data.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
 
 
 def _alive(pid: int, start: str) -> bool:

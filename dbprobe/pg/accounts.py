@@ -27,7 +27,12 @@ from dbprobe.pg.binaries import PgBinaries
 log = logging.getLogger("dbprobe.pg")
 
 ACCOUNT_NAME = "dbprobe"
-CACHE_DIR = Path(os.environ.get("DBPROBE_CACHE_DIR", "/var/cache/dbprobe"))
+
+
+def cache_dir() -> Path:
+    """Where readable copies of server binaries go: ``$DBPROBE_CACHE_DIR`` or
+    ``/var/cache/dbprobe``."""
+    return Path(os.environ.get("DBPROBE_CACHE_DIR") or "/var/cache/dbprobe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +155,7 @@ def readable_binaries(bins: PgBinaries, account: ServerAccount) -> PgBinaries:
     rel = bins.bindir.relative_to(root)
     stamp = f"{root}:{bins.version}:{bins.bindir.stat().st_mtime_ns}"
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    target = CACHE_DIR / f"pg{bins.major}-{key}"
+    target = cache_dir() / f"pg{bins.major}-{key}"
     if not (target / rel / "postgres").exists():
         _copy_readable(root, target, account)
     copied = dataclasses.replace(bins, bindir=target / rel, root=target)

@@ -72,15 +72,20 @@ def _candidate_dirs() -> list[tuple[Path, str]]:
         exe = shutil.which(name)
         if exe:
             found.append((Path(exe).resolve().parent, "PATH"))
-    versioned: list[tuple[float, Path]] = []
-    for name in glob.glob("/usr/lib/postgresql/*/bin"):
+    found += [(bindir, "/usr/lib/postgresql") for bindir in versioned_dirs()]
+    return found
+
+
+def versioned_dirs(pattern: str = "/usr/lib/postgresql/*/bin") -> list[Path]:
+    """Debian-style ``<major>/bin`` directories, newest major first (``9.6`` < ``15``)."""
+    versioned: list[tuple[tuple[int, ...], Path]] = []
+    for name in glob.glob(pattern):
         try:
-            versioned.append((float(Path(name).parent.name), Path(name)))
+            key = tuple(int(part) for part in Path(name).parent.name.split("."))
         except ValueError:
             continue
-    for _, bindir in sorted(versioned, reverse=True):
-        found.append((bindir, "/usr/lib/postgresql"))
-    return found
+        versioned.append((key, Path(name)))
+    return [bindir for _, bindir in sorted(versioned, reverse=True)]
 
 
 @functools.cache

@@ -51,6 +51,7 @@ FAST_SETTINGS: Mapping[str, str] = {
     "log_min_messages": "warning",
 }
 _TMPFS_MIN_FREE = 1 << 30  # 1 GiB
+_PORT_TAKEN = ("already in use", "could not bind", "could not create listen socket")
 # One freshly initdb'ed data directory per (binaries, account, scratch root), copied for
 # every further server of this process; removed at exit (or by the watchdog).
 _PRISTINE: dict[tuple[str, int, str], Path] = {}
@@ -312,8 +313,9 @@ class LocalCluster:
             if self._start_once(self.port, timeout):
                 return
             last_error = self._log_tail()
-            if "already in use" not in last_error and "could not bind" not in last_error:
-                break
+            if not any(m in last_error for m in _PORT_TAKEN):
+                break  # not a port collision: retrying would not help
+            log.debug("port %s was taken, retrying on another", self.port)
         raise ServerStartError(f"postgres did not start: {last_error}")
 
     def _start_once(self, port: int, timeout: float) -> bool:

@@ -166,6 +166,12 @@ class PostgresServer:
         with fresh statistics, set hint bits and visibility maps, and autovacuum does
         not wake up on it in the middle of a test session."""
         with self.connect(database) as conn:
+            # The load committed asynchronously (synchronous_commit=off): until its
+            # commit record is flushed, VACUUM may not mark pages all-visible.
+            try:
+                conn.execute("CHECKPOINT")
+            except psycopg.errors.InsufficientPrivilege:
+                time.sleep(0.3)  # a few wal_writer_delay periods
             conn.execute("VACUUM (FREEZE, ANALYZE)")
 
     def create_role(

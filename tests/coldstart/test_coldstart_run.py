@@ -1,0 +1,235 @@
+"""Whole cold-start runs against real servers: every driver, every phase that applies,
+phases that add up, warm pools, fresh processes, the library entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbprobe.analysis.coldstart_verdicts import PHASES, additivity, as_distribution, iqr
+from dbprobe.coldstart import DRIVERS, ColdStartOptions, audit_sample, run, sample
+from dbprobe.coldstart import protocol as cprotocol
+from dbprobe.coldstart.params import resolve
+from dbprobe.errors import ConnectError, UsageError
+from dbprobe.pg import PostgresServer
+from dbprobe.report.model import Distribution, Report, Target
+from dbprobe.report.render import render
+from dbprobe.report.schema import validate_report
+from dbprobe.urls import parse_url
+
+from .conftest import AuthServer
+from .helpers import DirectTlsProxy
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+DRIVER_PHASES = ("connect", "driver_init", "first_query", "total")
+
+
+def _validated(result_metrics: dict[str, Any], findings: Any = ()) -> dict[str, Any]:
+    report = Report(
+        command="coldstart",
+        target=Target("postgresql://x@127.0.0.1/db", "test"),
+        metrics={"coldstart": result_metrics},
+        findings=list(findings),
+    )
+    import json
+
+    doc = json.loads(render(report, "json"))
+    validate_report(doc)
+    return doc
+
+
+def _assert_driver_node(node: dict[str, Any], samples: int, expect: set[str]) -> None:
+    for phase in DRIVER_PHASES:
+        d = node[phase]
+        assert isinstance(d, Distribution)
+        assert d.n == samples
+        assert d.min >= 0
+    present = {p for p in ("dns", "tcp", "tls", "startup") if p in node}
+    assert present == expect
+    for phase in present:
+        assert node["_meta"]["source"][phase] == "protocol"
+    for phase in DRIVER_PHASES:
+        assert node["_meta"]["source"][phase] == "driver"
+
+
+def _assert_adds_up(node: dict[str, Any]) -> None:
+    """Sum of the phases' medians against the median total, within a generous noise
+    allowance: protocol-client and driver samples are different connections on a
+    shared, noisy machine (and drivers do some work of their own, reported as the
+    connect gap). The allowance grows with the spread actually observed."""
+    add = additivity(node)
+    assert add is not None
+    spread = iqr(node["total"].samples)
+    assert abs(add.gap_ms) <= max(5.0, 0.5 * add.total_p50, 2 * spread), add
+    assert node["_meta"]["phase_sum"]["parts"] == list(add.parts)
+    # within the driver the three measured parts are contiguous in every sample, so
+    # their means add up exactly
+    assert math.isclose(
+        node["connect"].mean + node["driver_init"].mean + node["first_query"].mean,
+        node["total"].mean,
+        rel_tol=1e-9,
+    )
+
+
+def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
+    target = parse_url(pg.dsn()).with_options(sslmode="disable")
+    result = run(
+        target,
+        ColdStartOptions(samples=6, pool_size=2, pool_rounds=1),
+    )
+    cs = result.metrics
+    assert set(DRIVERS) <= set(cs)
+    assert cs["tcp_floor"]["connect"].n == 6
+    for name in DRIVERS:
+        node = cs[name]
+        _assert_driver_node(node, 6, {"tcp", "startup"})
+        assert node["_meta"]["not_applicable"]["dns"] == "the host is an IP address"
+        assert "sslmode=disable" in node["_meta"]["not_applicable"]["tls"]
+        assert node["_meta"]["auth_method"] == ("scram-sha-256" if pg.password else "trust")
+        _assert_adds_up(node)
+        warm = node["warm"]
+        assert warm["checkout"].n == 6
+        assert warm["pool_ready"].n == 1
+        assert warm["min_size"] == 2
+        # a pooled checkout skips connect, start-up and initialisation
+        assert warm["checkout"].p50 < node["total"].p50
+        verdict = node["_meta"]["verdict"]
+        assert verdict["reason"] in ("ok", "phase-dominates", "p95-over-threshold")
+        assert verdict["slow"] == (verdict["reason"] != "ok")
+    assert cs["protocol"]["_meta"]["tls_negotiation"] == "none"
+    assert cs["_meta"]["sampling"]["samples"] == 6
+    assert result.server_version == pg.version
+    _validated(cs, result.findings)
+
+
+def test_scram_and_tls_every_driver(tls_server: AuthServer) -> None:
+    target = tls_server.target(sslmode="require")
+    result = run(target, ColdStartOptions(samples=5, warm=False))
+    for name in DRIVERS:
+        node = result.metrics[name]
+        _assert_driver_node(node, 5, {"tcp", "tls", "startup"})
+        assert node["_meta"]["auth_method"] == "scram-sha-256"
+        assert node["_meta"]["tls_negotiation"] == "sslrequest"
+        assert node["_meta"]["scram_iterations"] == 4096
+        _assert_adds_up(node)
+    proto = result.metrics["protocol"]
+    assert proto["detail"]["scram_client"].n == 5 * len(DRIVERS)
+    assert proto["detail"]["tls_handshake"].n == 5 * len(DRIVERS)
+    # PostgreSQL keeps no TLS session cache: an offered session is not resumed
+    assert proto["_meta"]["tls_session_resumption"] in (False, None)
+    _validated(result.metrics, result.findings)
+
+
+def test_scram_without_tls_every_driver(auth_server: AuthServer) -> None:
+    target = auth_server.target(sslmode="disable")
+    result = run(target, ColdStartOptions(samples=3, warm=False))
+    for name in DRIVERS:
+        node = result.metrics[name]
+        _assert_driver_node(node, 3, {"tcp", "startup"})
+        assert node["_meta"]["auth_method"] == "scram-sha-256"
+
+
+def test_direct_tls_negotiation(tls_server: AuthServer, direct_tls_proxy: DirectTlsProxy) -> None:
+    target = tls_server.target(sslmode="require", sslnegotiation="direct")
+    target = dataclasses.replace(target, port=direct_tls_proxy.port)
+    params = resolve(target, environ={})
+    timings, facts = cprotocol.measure(params)
+    assert facts.tls_negotiation == "direct"
+    assert facts.alpn == "postgresql"
+    assert timings.tls_request is None
+    assert timings.tls is not None
+    result = run(target, ColdStartOptions(samples=2, warm=False))
+    for name in DRIVERS:
+        node = result.metrics[name]
+        _assert_driver_node(node, 2, {"tcp", "tls", "startup"})
+        assert node["_meta"]["tls_negotiation"] == "direct"
+    # every driver negotiated ALPN postgresql with the terminator (libpq 17+, asyncpg)
+    assert direct_tls_proxy.alpn
+    assert set(direct_tls_proxy.alpn) == {"postgresql"}
+
+
+def test_host_name_adds_a_dns_phase(pg: PostgresServer) -> None:
+    target = parse_url(pg.dsn().replace("127.0.0.1", "localhost")).with_options(sslmode="disable")
+    result = run(target, ColdStartOptions(drivers=("psycopg", "asyncpg"), samples=2, warm=False))
+    for name in ("psycopg", "asyncpg"):
+        node = result.metrics[name]
+        assert node["dns"].n == 2
+        assert "dns" not in node["_meta"]["not_applicable"]
+
+
+def test_sample_for_the_audit_raises_slow_cold_start(pg: PostgresServer) -> None:
+    metrics, findings = sample(parse_url(pg.dsn()), samples=3, threshold_ms=0.001)
+    node = metrics["coldstart"]["psycopg"]
+    assert set(metrics["coldstart"]) == {"tcp_floor", "protocol", "psycopg", "_meta"}
+    assert "warm" not in node
+    assert len(findings) == 1
+    finding = findings[0]
+    assert finding.rule == "slow-cold-start"
+    assert finding.fingerprint == "coldstart:psycopg"
+    assert finding.evidence["blame"]["phase"] in (*PHASES, "driver_connect")
+    assert "0.001 ms threshold" in finding.message
+    assert finding.recommendation
+    _validated(metrics["coldstart"], findings)
+    subtree, audit_findings = audit_sample(parse_url(pg.dsn()), samples=2, connect_timeout_s=5)
+    assert set(subtree) == {"tcp_floor", "protocol", "psycopg", "_meta"}
+    assert subtree["psycopg"]["total"].n == 2
+    assert all(f.rule == "slow-cold-start" for f in audit_findings)
+
+
+def test_fresh_processes_import_the_users_module(
+    pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "user_app.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            time.sleep(0.05)  # an application whose import takes 50 ms
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = run(
+        parse_url(pg.dsn()),
+        ColdStartOptions(
+            drivers=("psycopg", "sqlalchemy-async"),
+            samples=1,
+            warm=False,
+            process=True,
+            process_samples=1,
+            process_warmup=False,
+            imports=("user_app",),
+        ),
+    )
+    for name in ("psycopg", "sqlalchemy-async"):
+        proc = result.metrics[name]["process"]
+        assert proc["_meta"]["imports"] == ["user_app"]
+        assert proc["imports"].p50 >= 50.0  # the sleep is a lower bound, not a timing target
+        parts = sum(
+            proc[p].p50
+            for p in ("interpreter", "imports", "driver_import", "connect", "first_query")
+        )
+        assert math.isclose(parts, proc["total"].p50, rel_tol=1e-9)  # n=1: contiguous phases
+        assert as_distribution(proc["driver_import"]) is not None
+    with pytest.raises(UsageError, match="cannot import module 'no_such_module_here'"):
+        run(
+            parse_url(pg.dsn()),
+            ColdStartOptions(
+                drivers=("psycopg",), samples=1, warm=False, process=True,
+                process_samples=1, process_warmup=False, imports=("no_such_module_here",),
+            ),
+        )  # fmt: skip
+
+
+def test_a_driver_failing_mid_run_leaves_nothing_open(auth_server: AuthServer) -> None:
+    """The protocol client and psycopg would pass; a wrong password fails at the
+    preflight with one line naming the user."""
+    target = auth_server.target(password="wrong-password", sslmode="disable")
+    with pytest.raises(ConnectError, match="authentication failed for user 'postgres'") as info:
+        run(target, ColdStartOptions(samples=2))
+    assert "wrong-password" not in str(info.value)
