@@ -86,6 +86,7 @@ class Statement(Protocol):
     @property
     def function(self) -> str | None: ...
     def location(self, root: str | None = None) -> str | None: ...
+    def caller_location(self, root: str | None = None) -> str | None: ...
     def parameter_key(self) -> Any: ...
     def is_ignored(self, rule: str) -> bool: ...
 
@@ -286,14 +287,16 @@ def n_plus_one(
     """``n-plus-one`` findings: one per (fingerprint, call site) repeated with different
     parameters at least ``config.n_plus_one_threshold`` times."""
     rule = RULES["n-plus-one"]
-    groups: dict[tuple[str, Any], list[Statement]] = {}
+    # Grouped by the call site and the application frame that called it: a helper called
+    # once from each of two places is not a loop; called from one line in a loop, it is.
+    groups: dict[tuple[str, Any, Any], list[Statement]] = {}
     for rec in records:
         if rec.is_ignored(rule.id) or not _is_candidate_read(rec):
             continue
         site = rec.location(root)
-        groups.setdefault((rec.fingerprint, site), []).append(rec)
+        groups.setdefault((rec.fingerprint, site, rec.caller_location(root)), []).append(rec)
     findings = []
-    for (fp, site), group in groups.items():
+    for (fp, site, caller), group in groups.items():
         if len(group) < config.n_plus_one_threshold:
             continue
         distinct = len({r.parameter_key() for r in group})
@@ -305,6 +308,7 @@ def n_plus_one(
             "count": len(group),
             "distinct_parameters": distinct,
             "function": sample.function,
+            "called_from": caller,
             **_stats(group),
         }
         table = (sample.shape.table if sample.shape is not None else None) or next(

@@ -25,10 +25,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["CallSite", "CallSiteResolver"]
+__all__ = ["CALLER_WINDOW", "CallSite", "CallSiteResolver"]
 
 _MAX_FRAMES = 200
 """A walk stops after this many frames (a runaway recursion is not worth more)."""
+
+CALLER_WINDOW = 8
+"""Library frames between the call site and its application caller beyond which the
+caller is not looked for (a framework's dispatch stack is not worth walking)."""
 
 
 class CallSite(NamedTuple):
@@ -123,10 +127,21 @@ class CallSiteResolver:
     def resolve(self, depth: int = 1) -> tuple[str, int, str] | None:
         """``(file, line, function)`` of the first application frame above the caller
         (``depth`` frames up), or ``None`` when the whole stack is library code."""
+        found = self.resolve_with_caller(depth + 1)
+        return None if found is None else found[0]
+
+    def resolve_with_caller(
+        self, depth: int = 1
+    ) -> tuple[tuple[str, int, str], tuple[str, int] | None] | None:
+        """The first application frame (as :meth:`resolve`) and the next application
+        frame that called it, ``(file, line)``, looked for within
+        :data:`CALLER_WINDOW` frames (``None`` when there is none that close)."""
         cache = self._is_app
         frame: Any = sys._getframe(depth + 1)
         seen = 0
         walked: Any = None  # the greenlet whose frames are being walked
+        site: tuple[str, int, str] | None = None
+        after_site = 0
         while True:
             while frame is not None and seen < _MAX_FRAMES:
                 code = frame.f_code
@@ -135,14 +150,20 @@ class CallSiteResolver:
                 if decision is None:
                     decision = self.is_application(filename)
                 if decision:
-                    return (filename, frame.f_lineno, code.co_name)
+                    if site is not None:
+                        return site, (filename, frame.f_lineno)
+                    site = (filename, frame.f_lineno, code.co_name)
+                elif site is not None:
+                    after_site += 1
+                    if after_site > CALLER_WINDOW:
+                        return site, None
                 frame = frame.f_back
                 seen += 1
             if seen >= _MAX_FRAMES or self._getcurrent is None:
-                return None
+                return None if site is None else (site, None)
             # End of this greenlet's stack: continue in the parent's suspended frame.
             walked = self._getcurrent() if walked is None else walked
             walked = walked.parent
             if walked is None:
-                return None
+                return None if site is None else (site, None)
             frame = walked.gr_frame

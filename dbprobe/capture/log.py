@@ -136,7 +136,9 @@ class StatementRecord:
     them for executemany) — kept in memory only, out of reports unless asked;
     start_ns/duration_ns: ``time.perf_counter_ns`` start and duration; rowcount: the
     driver's row count (-1 when it does not say); connection: an id of the DB-API
-    connection; call_site: the first application frame; error: the exception class
+    connection; call_site: the first application frame; caller: the application frame
+    that called it, ``(file, line)``, when one is close (N+1 grouping uses both, so one
+    helper called from two places is not a loop); error: the exception class
     name when the statement failed; ignored: rule ids silenced by ``dbprobe.ignore()``
     (``"*"`` for all).
     """
@@ -149,6 +151,7 @@ class StatementRecord:
         "_orm_key",
         "_shape",
         "call_site",
+        "caller",
         "connection",
         "dialect",
         "duration_ns",
@@ -194,6 +197,7 @@ class StatementRecord:
         self.duration_ns = 0
         self.rowcount = -1
         self.error: str | None = None
+        self.caller: tuple[str, int] | None = None
         self.joined_root: type | str | None = None
         self.loaded_parents = -1
         self._fingerprint: str | None = None
@@ -245,6 +249,12 @@ class StatementRecord:
     def duration_ms(self) -> float:
         return self.duration_ns / 1e6
 
+    def caller_location(self, root: str | None = None) -> str | None:
+        """``path:line`` of the application frame that called the call site, if known."""
+        if self.caller is None:
+            return None
+        return f"{relative_path(self.caller[0], root)}:{self.caller[1]}"
+
     def location(self, root: str | None = None) -> str | None:
         """``path:line`` of the call site relative to ``root`` (default: cwd)."""
         if self.call_site is None:
@@ -294,6 +304,7 @@ class StatementRecord:
             "dialect": self.dialect,
             "location": self.location(root),
             "function": self.function,
+            "caller": self.caller_location(root),
             "error": self.error,
             "ignored": sorted(self.ignored) if self.ignored is not None else None,
             "orm": self.orm.to_dict() if self.orm is not None else None,
@@ -329,6 +340,10 @@ class StatementRecord:
             live=None,
             ignored=frozenset(ignored) if ignored is not None else None,
         )
+        caller = data.get("caller")
+        if caller:
+            caller_path, _, caller_line = str(caller).rpartition(":")
+            rec.caller = (caller_path, int(caller_line))
         rec.duration_ns = int(float(data.get("duration_ms") or 0.0) * 1e6)
         rec.rowcount = int(data.get("rowcount", -1))
         rec.error = data.get("error")

@@ -110,7 +110,8 @@ def _before_cursor_execute(
     if not scopes or _suspend.get():
         return statement, parameters
     engine = conn.engine
-    site = _resolver.resolve(1)
+    found = _resolver.resolve_with_caller(1)
+    site, caller = found if found is not None else (None, None)
     try:
         connection = id(conn.connection.dbapi_connection)
     except Exception:  # a closed or invalidated connection: still record the statement
@@ -144,6 +145,7 @@ def _before_cursor_execute(
                 info = _info_cache[compiled] = statement_info(compiled)
             if info is not NO_INFO:
                 _watch_eager_loads(info, record, scopes)
+    record.caller = caller
     record.start_ns = _perf_ns()
     return statement, parameters
 

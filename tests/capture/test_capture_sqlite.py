@@ -162,3 +162,27 @@ def test_eager_loads_are_clean_on_sqlite(engine: Engine, config: DbprobeConfig) 
     assert total == 30
     assert len(log) == 3
     assert log.findings(config) == []
+
+
+def book_title(session: Session, book_id: int) -> str:
+    """A helper: one look-up per call."""
+    book = session.get(Book, book_id)  # marker: helper
+    return book.title if book is not None else ""
+
+
+def test_helper_called_from_two_places_is_not_a_loop(engine: Engine, config: DbprobeConfig) -> None:
+    with Session(engine) as session, dbprobe.capture() as log:
+        first = book_title(session, 1)
+        second = book_title(session, 2)
+    assert first != second
+    assert len(log) == 2
+    assert log.findings(config) == []
+    assert log.statements[0].caller_location(str(ROOT)) != log.statements[1].caller_location(
+        str(ROOT)
+    )
+    with Session(engine) as session, dbprobe.capture() as loop_log:
+        titles = [book_title(session, i) for i in range(1, 6)]  # marker: loop over helper
+    assert len(titles) == 5
+    (finding,) = loop_log.findings(config)
+    assert finding.location == _line("# marker: helper")
+    assert finding.evidence["called_from"] == _line("# marker: loop over helper")
