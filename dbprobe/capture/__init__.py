@@ -9,7 +9,7 @@
     log.statements                          # StatementRecord: sql, timing, call site, ORM context
     log.findings()                          # n-plus-one, redundant-query, ...
 
-Importing this package imports SQLAlchemy.
+SQLAlchemy is imported when the first scope opens, not by importing this package.
 """
 
 from __future__ import annotations
