@@ -464,3 +464,26 @@ def test_analyzer_and_enricher_hooks(shop_engine: Engine) -> None:
     assert sorted(f.rule for f in found) == ["n-plus-one", "unused-index"]
     assert {f.test for f in found} == {"tagged::t::x"}
     assert [analyzers.explain_cost_enricher] == analyzers.ENRICHERS
+
+
+def test_capture_targets_async_engine_and_session(pg: PostgresServer, shop_module_db: str) -> None:
+    async def main() -> tuple[int, int, int]:
+        first = create_async_engine(pg.async_url(shop_module_db))
+        second = create_async_engine(ASYNC_DRIVERS["psycopg_async"](pg, shop_module_db))
+        try:
+            async with AsyncSession(first) as session:
+                with (
+                    dbprobe.capture(first) as by_engine,
+                    dbprobe.capture(session) as by_session,
+                    dbprobe.capture(second) as other,
+                ):
+                    await session.execute(text("SELECT 1"))
+                    async with second.connect() as conn:
+                        await conn.execute(text("SELECT 2"))
+                        await conn.execute(text("SELECT 3"))
+            return len(by_engine), len(by_session), len(other)
+        finally:
+            await first.dispose()
+            await second.dispose()
+
+    assert asyncio.run(main()) == (1, 1, 2)
