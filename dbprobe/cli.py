@@ -22,8 +22,10 @@ from dbprobe.urls import mask_secrets
 
 # name -> "module:attribute"; imported only when the command runs (or for --help).
 COMMANDS: dict[str, str] = {
+    "audit": "dbprobe.commands.audit:audit",
     "coldstart": "dbprobe.commands.coldstart:coldstart",
     "demo": "dbprobe.commands.demo:demo",
+    "explain": "dbprobe.commands.explain:explain",
     "compare": "dbprobe.commands.compare:compare",
     "slo": "dbprobe.commands.slo:slo",
     "runs": "dbprobe.commands.runs:runs",

@@ -65,6 +65,16 @@ _RULES = [
     Rule("pool-exhaustion", Severity.ERROR, "Pool cannot serve the load without timeouts"),
     Rule("connection-leak", Severity.ERROR, "Connections checked out and never returned"),
     Rule("slow-cold-start", Severity.WARNING, "Connection establishment slower than threshold"),
+    Rule("invalid-index", Severity.WARNING, "Index left invalid by a failed build"),
+    Rule("row-misestimate", Severity.INFO, "Planner row estimate off by ×10 or more"),
+    Rule("sort-spill", Severity.INFO, "Sort spilled to disk"),
+    Rule("hash-spill", Severity.INFO, "Hash table spilled to disk in batches"),
+    Rule(
+        "pg-stat-statements-missing",
+        Severity.INFO,
+        "pg_stat_statements unavailable: no top statements to explain",
+    ),
+    Rule("check-skipped", Severity.INFO, "An audit check could not run (privilege, timeout)"),
     Rule("slo-violation", Severity.ERROR, "A measured distribution breaks a declared SLO"),
     Rule("unused-eager-load", Severity.INFO, "Relationship loaded eagerly and never read"),
     Rule(
