@@ -8,9 +8,10 @@ one execution and ``count × cost``, the cost of the whole loop::
     "explain": {"total_cost": 8.3, "startup_cost": 0.29, "plan_rows": 1,
                 "node": "Index Scan", "relation": "customers", "count_x_cost": 207.5}
 
-Plan parsing is deliberately minimal (:meth:`PlanCost.from_explain`: the top node's
-costs and type); richer plan analysis can replace it through the enricher hook in
-:mod:`dbprobe.capture.analyzers`.
+The plan is parsed by the audit's :func:`dbprobe.analysis.plans.parse_plan`; only the
+top node's costs and the relation and index it reads are kept here. A richer analysis
+(unindexed look-ups, index advice for the repeated statement) can replace this step
+through :func:`dbprobe.capture.analyzers.replace_enricher`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from dbprobe.capture.log import QueryLog, StatementRecord
@@ -34,37 +35,32 @@ STATEMENT_TIMEOUT_MS = 5000
 
 @dataclasses.dataclass(frozen=True)
 class PlanCost:
-    """The top plan node's estimate: costs in planner units, rows estimated."""
+    """The top plan node's estimate: costs in planner units, rows estimated, and the
+    first relation (and index) the plan reads."""
 
     total_cost: float
     startup_cost: float
     plan_rows: float
     node: str
     relation: str | None = None
+    index: str | None = None
 
     @classmethod
     def from_explain(cls, document: Any) -> PlanCost:
-        """Parse ``EXPLAIN (FORMAT JSON)`` output (the list psycopg returns, or its text)."""
-        if isinstance(document, str):
-            import json
+        """From ``EXPLAIN (FORMAT JSON)`` output (the list psycopg returns, or its text),
+        parsed by :func:`dbprobe.analysis.plans.parse_plan`."""
+        from dbprobe.analysis.plans import parse_plan
 
-            document = json.loads(document)
-        if isinstance(document, Sequence) and document:
-            document = document[0]
-        if not isinstance(document, Mapping) or "Plan" not in document:
-            raise ValueError("not EXPLAIN (FORMAT JSON) output")
-        plan = document["Plan"]
-        relation = plan.get("Relation Name")
-        node: Mapping[str, Any] = plan
-        while relation is None and node.get("Plans"):
-            node = node["Plans"][0]
-            relation = node.get("Relation Name")
+        plan = parse_plan(document)
+        root = plan.root
+        reading = next((n for n in plan.walk() if n.relation), None)
         return cls(
-            total_cost=float(plan["Total Cost"]),
-            startup_cost=float(plan["Startup Cost"]),
-            plan_rows=float(plan.get("Plan Rows", 0)),
-            node=str(plan["Node Type"]),
-            relation=relation,
+            total_cost=root.total_cost,
+            startup_cost=root.startup_cost,
+            plan_rows=root.plan_rows,
+            node=root.node_type,
+            relation=reading.relation if reading is not None else None,
+            index=reading.index_name if reading is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
