@@ -8,8 +8,8 @@ records and return :class:`~dbprobe.report.model.Finding` objects with the exact
   loads get the loader option (``joinedload(Order.customer)`` for a many-to-one,
   ``selectinload(Customer.orders)`` for a collection, the full chain for a nested path);
   ``Session.get`` and scalar loops get the one batched query that replaces them.
-* ``redundant-query`` — the same statement with the same parameters again, with no
-  write and no commit/rollback in between.
+* ``redundant-query`` — the same statement (text and parameters) on the same database
+  again, with no write and no commit/rollback in between.
 
 Never reported: eager loaders' own statements (selectinload's ``IN`` query, subquery
 loads), writes, executemany batches, failed statements, statements inside
@@ -89,6 +89,8 @@ class Statement(Protocol):
     def caller_location(self, root: str | None = None) -> str | None: ...
     def parameter_key(self) -> Any: ...
     def is_ignored(self, rule: str) -> bool: ...
+    @property
+    def database(self) -> str: ...
 
 
 class Boundaries(Protocol):
@@ -299,7 +301,8 @@ def n_plus_one(
     for (fp, site, caller), group in groups.items():
         if len(group) < config.n_plus_one_threshold:
             continue
-        distinct = len({r.parameter_key() for r in group})
+        # Values inlined as literals count as parameters too: compare text and parameters.
+        distinct = len({(r.sql, r.parameter_key()) for r in group})
         if distinct < 2:
             continue
         sample = group[0]
@@ -389,7 +392,7 @@ def redundant_queries(
     cuts = sorted(b.after for b in boundaries)
     epoch = 0
     cut_index = 0
-    groups: dict[tuple[str, Any, int], list[Statement]] = {}
+    groups: dict[tuple[str, str, Any, int], list[Statement]] = {}
     for position, rec in enumerate(records):
         while cut_index < len(cuts) and cuts[cut_index] <= position:
             epoch += 1
@@ -404,9 +407,13 @@ def redundant_queries(
             continue
         if rec.orm is not None and rec.orm.refresh:
             continue
-        groups.setdefault((rec.fingerprint, rec.parameter_key(), epoch), []).append(rec)
+        # Identical means the same text and parameters on the same database (the same
+        # statement shape with other inlined literals is another statement).
+        key = (rec.database, rec.sql, rec.parameter_key(), epoch)
+        groups.setdefault(key, []).append(rec)
     findings = []
-    for (fp, _params, _epoch), group in groups.items():
+    for group in groups.values():
+        fp = group[0].fingerprint
         if len(group) < config.redundant_threshold:
             continue
         sample = group[0]

@@ -144,6 +144,7 @@ class StatementRecord:
     """
 
     __slots__ = (
+        "_database",
         "_fingerprint",
         "_live",
         "_location",
@@ -198,6 +199,7 @@ class StatementRecord:
         self.rowcount = -1
         self.error: str | None = None
         self.caller: tuple[str, int] | None = None
+        self._database: str | None = None
         self.joined_root: type | str | None = None
         self.loaded_parents = -1
         self._fingerprint: str | None = None
@@ -249,6 +251,16 @@ class StatementRecord:
     def duration_ms(self) -> float:
         return self.duration_ns / 1e6
 
+    @property
+    def database(self) -> str:
+        """``host:port/database`` of the engine that ran it (no user, no password)."""
+        if self._database is None:
+            url = getattr(self.engine, "url", None)
+            self._database = (
+                f"{url.host or ''}:{url.port or ''}/{url.database or ''}" if url is not None else ""
+            )
+        return self._database
+
     def caller_location(self, root: str | None = None) -> str | None:
         """``path:line`` of the application frame that called the call site, if known."""
         if self.caller is None:
@@ -281,7 +293,7 @@ class StatementRecord:
     def release(self) -> None:
         """Resolve the derived views and drop the references to live SQLAlchemy objects
         (statements, execution options, engines) so the log holds plain data only."""
-        _ = self.fingerprint, self.orm, self.shape
+        _ = self.fingerprint, self.orm, self.shape, self.database
         self._orm_key = self._live = None
         self.engine = None
         self.joined_root = _class_label(self.joined_root)
@@ -302,6 +314,7 @@ class StatementRecord:
             "rowcount": self.rowcount,
             "connection": self.connection,
             "dialect": self.dialect,
+            "database": self.database,
             "location": self.location(root),
             "function": self.function,
             "caller": self.caller_location(root),
@@ -340,6 +353,7 @@ class StatementRecord:
             live=None,
             ignored=frozenset(ignored) if ignored is not None else None,
         )
+        rec._database = str(data.get("database") or "")
         caller = data.get("caller")
         if caller:
             caller_path, _, caller_line = str(caller).rpartition(":")

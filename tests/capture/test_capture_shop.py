@@ -487,3 +487,32 @@ def test_capture_targets_async_engine_and_session(pg: PostgresServer, shop_modul
             await second.dispose()
 
     assert asyncio.run(main()) == (1, 1, 2)
+
+
+def test_inlined_literals_and_other_databases_are_not_repeats(
+    pg: PostgresServer, shop_template: str, shop_engine: Engine, config: DbprobeConfig
+) -> None:
+    from sqlalchemy import create_engine
+
+    with shop_engine.connect() as conn, dbprobe.capture() as literal_log:
+        for table in ("orders", "customers"):
+            conn.exec_driver_sql(f"SELECT pg_get_serial_sequence('{table}', 'id')").scalar_one()
+    # One shape, two texts: not a repeat of the same statement (no redundant-query), but
+    # the same shape from one line with different values: an N+1 of literal SQL.
+    assert [f.rule for f in literal_log.findings(config)] == ["n-plus-one"]
+
+    other = create_engine(pg.url(pg.clone(shop_template)))
+    try:
+        count = text("SELECT count(*) FROM tags")
+        # Two connections open at once, no transaction end between the two reads.
+        with shop_engine.connect() as a, other.connect() as b, dbprobe.capture() as two_dbs:
+            a.execute(count).scalar_one()
+            b.execute(count).scalar_one()
+        assert two_dbs.findings(config) == []
+        with shop_engine.connect() as a, shop_engine.connect() as b, dbprobe.capture() as one_db:
+            a.execute(count).scalar_one()
+            b.execute(count).scalar_one()
+        assert [f.rule for f in one_db.findings(config)] == ["redundant-query"]
+    finally:
+        other.dispose()
+        pg.drop_database(other.url.database)
