@@ -680,7 +680,7 @@ class DbprobeSession:
         report = Report(command="pytest")
         report.started_at = dt.datetime.fromtimestamp(self.started, dt.timezone.utc)
         report.duration_s = time.time() - self.started
-        report.target = Target("(no statement captured)", None)
+        report.target = Target(None, None)  # no statement captured
         if self.targets:
             urls = sorted(self.targets)
             versions = sorted({v for v in self.targets.values() if v})
