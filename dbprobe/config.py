@@ -127,6 +127,10 @@ class DbprobeConfig:
     this many rows per parent (default 10) and this many rows in all (default 100) is
     reported. unused_eager_loads: report eager-loaded relationships never read.
     ignore / allow: findings dropped / downgraded to info and never failing.
+    explain_verify: how ``explain`` verifies index advice for captured statements:
+    ``auto`` (hypopg when the database has it), ``hypopg``, ``real`` (a real index in a
+    rolled-back transaction: only for disposable test databases) or ``none``;
+    explain_min_rows: relations smaller than this are never reported (default 10,000).
     The rest are pytest plugin defaults (see docs/pytest-plugin.md).
     """
 
@@ -146,6 +150,8 @@ class DbprobeConfig:
     fail_on: tuple[str, ...] = ()
     baseline: str | None = None
     explain: bool = False
+    explain_verify: str = "auto"
+    explain_min_rows: int = 10_000
     verify_fixes: bool = False
     max_queries: int | None = None
     report_parameters: bool = False
@@ -156,7 +162,11 @@ class DbprobeConfig:
         return dataclasses.replace(self, **changes)
 
 
-_INT_KEYS = ("n_plus_one_threshold", "redundant_threshold", "joinedload_min_rows", "max_queries")
+_INT_KEYS = (
+    "n_plus_one_threshold", "redundant_threshold", "joinedload_min_rows", "max_queries",
+    "explain_min_rows",
+)  # fmt: skip
+EXPLAIN_VERIFY = ("auto", "hypopg", "real", "none")
 _FLOAT_KEYS = ("joinedload_row_ratio",)
 _BOOL_KEYS = ("unused_eager_loads", "enabled", "explain", "verify_fixes", "report_parameters")
 _PATH_LIST_KEYS = ("app_paths", "library_paths")
@@ -226,6 +236,10 @@ def parse_config(
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: expected a string, got {value!r}")
             values[key] = str((base / value).resolve()) if key == "root" else value
+        elif key == "explain_verify":
+            if value not in EXPLAIN_VERIFY:
+                raise ConfigError(f"{where}: expected one of {', '.join(EXPLAIN_VERIFY)}")
+            values[key] = value
         elif key == "fail_on":
             values[key] = parse_rule_list(value, where)
         elif key in ("ignore", "allow"):

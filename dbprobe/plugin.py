@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -86,7 +87,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "--dbprobe-explain",
         "bool",
-        "EXPLAIN one sample of each N+1 statement and attach its cost (PostgreSQL only)",
+        "EXPLAIN each distinct captured statement with its parameters: unindexed look-ups "
+        "with verified index advice, and the cost of each N+1 (PostgreSQL only)",
     ),
     _Option(
         "--dbprobe-verify-fixes",
@@ -642,6 +644,8 @@ class DbprobeSession:
 
     # -- end of session ---------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.settings.explain and "dbprobe.capture.plans" in sys.modules:
+            sys.modules["dbprobe.capture.plans"].PLANS.close()  # no connection stays open
         if self.worker:
             workeroutput = getattr(self.pytest_config, "workeroutput", None)
             if workeroutput is not None:

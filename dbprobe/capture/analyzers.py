@@ -36,6 +36,7 @@ __all__ = [
     "register_analyzer",
     "register_enricher",
     "replace_enricher",
+    "unindexed_lookup_analyzer",
 ]
 
 log = logging.getLogger("dbprobe.capture")
@@ -77,7 +78,20 @@ def explain_cost_enricher(
     return attach_explain_costs(findings, query_log, ctx.root)
 
 
-ANALYZERS: list[Analyzer] = [_builtin_detectors]
+def unindexed_lookup_analyzer(query_log: QueryLog, ctx: CaptureContext) -> list[Finding]:
+    """``unindexed-lookup`` from the plans of the captured statements (only when
+    ``ctx.explain``; PostgreSQL only; see :mod:`.plans`)."""
+    if not ctx.explain:
+        return []
+    from dbprobe.capture.plans import PLANS
+
+    return PLANS.analyze(
+        query_log, test=ctx.test, root=ctx.root, verify=ctx.config.explain_verify,
+        min_rows=ctx.config.explain_min_rows,
+    )  # fmt: skip
+
+
+ANALYZERS: list[Analyzer] = [_builtin_detectors, unindexed_lookup_analyzer]
 ENRICHERS: list[Enricher] = [explain_cost_enricher]
 
 

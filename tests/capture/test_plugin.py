@@ -355,3 +355,34 @@ def test_report_parameters_only_when_asked(tester: pytest.Pytester) -> None:
     log = full["metrics"]["capture"]["tests"]["test_flows.py::test_get_loop"]["log"]
     ids = [s["parameters"]["pk_1"] for s in log["statements"]]
     assert ids == list(range(101, 121))  # catalog.DEFAULT_PRODUCT_IDS
+
+
+LOOKUPS = """
+from conftest import run_flow
+
+def test_reference_lookup(session):
+    run_flow("unindexed-stock-reference", session)
+
+def test_sku_lookup(session):
+    run_flow("indexed-product-sku", session)
+"""
+
+
+def test_explain_reports_unindexed_lookups_at_the_application_line(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(test_lookups=LOOKUPS)
+    result = tester.runpytest(
+        "test_lookups.py", "--dbprobe", "--dbprobe-explain", "--dbprobe-report", "r.json",
+        "--dbprobe-fail-on", "unindexed-lookup",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    found = _by_test(_report(tester.path / "r.json"))
+    planted = MANIFEST.get("unindexed-stock-reference")
+    (lookup,) = [f for f in found["test_reference_lookup"] if f["rule"] == "unindexed-lookup"]
+    assert lookup["location"].endswith(planted.resolve_location())
+    assert lookup["table"].endswith("stock_movements")
+    assert "CREATE INDEX CONCURRENTLY" in lookup["recommendation"]
+    assert "(reference)" in lookup["recommendation"]
+    assert "test_sku_lookup" not in found  # the indexed twin: nothing to say
+    assert "test_lookups.py::test_reference_lookup" in result.stdout.str()
