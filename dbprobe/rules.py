@@ -76,6 +76,12 @@ _RULES = [
     ),
     Rule("check-skipped", Severity.INFO, "An audit check could not run (privilege, timeout)"),
     Rule("slo-violation", Severity.ERROR, "A measured distribution breaks a declared SLO"),
+    Rule("unused-eager-load", Severity.INFO, "Relationship loaded eagerly and never read"),
+    Rule(
+        "joinedload-row-explosion",
+        Severity.INFO,
+        "Joined eager load of a collection multiplies the rows returned",
+    ),
     Rule("pool-degradation", Severity.ERROR, "Pool fails badly under overload (hangs, errors)"),
     Rule("client-bound", Severity.INFO, "The load generator, not the pool, was the bottleneck"),
     Rule(

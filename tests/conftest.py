@@ -10,6 +10,8 @@ from sqlalchemy import create_engine
 
 from dbprobe.pg import PostgresServer, throwaway
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:

@@ -1,0 +1,560 @@
+"""The query log: every statement of a capture scope, with timings, call sites and the
+ORM context, plus the plain-data views the pure detectors work on.
+
+A :class:`StatementRecord` is filled on the hot path with raw references only (the SQL
+text, the parameters, the SQLAlchemy statement and execution options); everything
+derived from them (fingerprint, ORM context, statement shape) is computed on first use
+and cached. A log can be saved with :meth:`QueryLog.to_dict` and loaded back with
+:meth:`QueryLog.from_dict` (without a database), which is how the detectors are tested
+on real captured logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dbprobe.analysis.fingerprint import fingerprint, normalize, redact_literals, statement_kind
+from dbprobe.capture.callsite import CallSite, relative_path
+
+if TYPE_CHECKING:
+    from dbprobe.config import DbprobeConfig
+    from dbprobe.report.model import Finding
+
+__all__ = ["OrmContext", "QueryLog", "StatementRecord", "StatementShape"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OrmContext:
+    """What the ORM was doing when it emitted a statement (plain data).
+
+    entity: the mapped class the statement selects/changes (``"Customer"``);
+    relationship: ``"Order.customer"`` when the statement loads a relationship;
+    lazy: loaded on attribute access (a lazy load) rather than by an eager loader;
+    parent: the class of the object whose attribute was loaded;
+    path: the relationship chain from the query's root entity to this load
+    (``("Order.items", "OrderItem.product")``); collections: for each step of the path,
+    whether that relationship holds a list; pk_get: a primary-key look-up
+    (``Session.get`` or a many-to-one lazy load); refresh: a reload of expired or
+    deferred columns; dml: an ORM-enabled INSERT/UPDATE/DELETE; eager: the eager
+    loader options on the statement, as ``(path, strategy)`` with strategies
+    ``joined``, ``selectin``, ``subquery``, ``immediate``.
+    """
+
+    entity: str | None = None
+    relationship: str | None = None
+    lazy: bool = False
+    parent: str | None = None
+    path: tuple[str, ...] = ()
+    collections: tuple[bool, ...] = ()
+    pk_get: bool = False
+    refresh: bool = False
+    dml: bool = False
+    eager: tuple[tuple[tuple[str, ...], str], ...] = ()
+
+    @property
+    def collection(self) -> bool:
+        """The loaded relationship holds a list (one-to-many, many-to-many)."""
+        return bool(self.collections) and self.collections[-1]
+
+    @property
+    def relationship_load(self) -> bool:
+        return self.relationship is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["path"] = list(self.path)
+        out["collections"] = list(self.collections)
+        out["eager"] = [[list(p), s] for p, s in self.eager]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OrmContext:
+        return cls(
+            entity=data.get("entity"),
+            relationship=data.get("relationship"),
+            lazy=bool(data.get("lazy", False)),
+            parent=data.get("parent"),
+            path=tuple(data.get("path") or ()),
+            collections=tuple(bool(c) for c in data.get("collections") or ()),
+            pk_get=bool(data.get("pk_get", False)),
+            refresh=bool(data.get("refresh", False)),
+            dml=bool(data.get("dml", False)),
+            eager=tuple((tuple(p), str(s)) for p, s in data.get("eager") or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StatementShape:
+    """The parts of a SELECT that a batched rewrite needs (plain data).
+
+    entity/table: what it reads; columns: the selected expressions as Python
+    (``"Review.product_id"``, ``"func.count()"``, ``"Product"``); filters: equality
+    filters against a bound value, as ``(expression, parameter)`` where parameter is the
+    bind name (dict parameters) or position (tuple parameters); aggregate: the select
+    list is aggregates only; pk: the primary-key attributes of ``entity``.
+    """
+
+    entity: str | None = None
+    table: str | None = None
+    columns: tuple[str, ...] = ()
+    filters: tuple[tuple[str, str | int], ...] = ()
+    aggregate: bool = False
+    pk: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity,
+            "table": self.table,
+            "columns": list(self.columns),
+            "filters": [list(f) for f in self.filters],
+            "aggregate": self.aggregate,
+            "pk": list(self.pk),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StatementShape:
+        return cls(
+            entity=data.get("entity"),
+            table=data.get("table"),
+            columns=tuple(data.get("columns") or ()),
+            filters=tuple((str(e), p) for e, p in data.get("filters") or ()),
+            aggregate=bool(data.get("aggregate", False)),
+            pk=tuple(data.get("pk") or ()),
+        )
+
+
+_UNSET: Any = object()
+
+
+class StatementRecord:
+    """One executed statement (one cursor execution).
+
+    sql: the text sent to the driver; parameters: as sent (dict, tuple, or a list of
+    them for executemany) — kept in memory only, out of reports unless asked;
+    start_ns/duration_ns: ``time.perf_counter_ns`` start and duration; rowcount: the
+    driver's row count (-1 when it does not say); connection: an id of the DB-API
+    connection; call_site: the first application frame; caller: the application frame
+    that called it, ``(file, line)``, when one is close (N+1 grouping uses both, so one
+    helper called from two places is not a loop); error: the exception class
+    name when the statement failed; ignored: rule ids silenced by ``dbprobe.ignore()``
+    (``"*"`` for all).
+    """
+
+    __slots__ = (
+        "_database",
+        "_fingerprint",
+        "_live",
+        "_location",
+        "_orm",
+        "_orm_key",
+        "_shape",
+        "call_site",
+        "caller",
+        "connection",
+        "dialect",
+        "duration_ns",
+        "engine",
+        "error",
+        "executemany",
+        "ignored",
+        "joined_root",
+        "loaded_parents",
+        "parameters",
+        "rowcount",
+        "seq",
+        "sql",
+        "start_ns",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        sql: str,
+        parameters: Any,
+        executemany: bool,
+        call_site: tuple[str, int, str] | None,
+        connection: int,
+        engine: Any,
+        dialect: str,
+        orm_key: Any,
+        live: Any,
+        ignored: frozenset[str] | None,
+    ) -> None:
+        self.seq = seq
+        self.sql = sql
+        self.parameters = parameters
+        self.executemany = executemany
+        self.call_site = call_site
+        self.connection = connection
+        self.engine = engine
+        self.dialect = dialect
+        self._orm_key = orm_key
+        self._live = live
+        self.ignored = ignored
+        self.start_ns = 0
+        self.duration_ns = 0
+        self.rowcount = -1
+        self.error: str | None = None
+        self.caller: tuple[str, int] | None = None
+        self._database: str | None = None
+        self.joined_root: type | str | None = None
+        self.loaded_parents = -1
+        self._fingerprint: str | None = None
+        self._location: tuple[str | None, str | None] | None = None
+        self._orm: Any = _UNSET
+        self._shape: Any = _UNSET
+
+    # -- derived, cached ---------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """16-hex-digit key of the statement's shape (see :mod:`dbprobe.analysis.fingerprint`)."""
+        fp = self._fingerprint
+        if fp is None:
+            fp = self._fingerprint = fingerprint(self.sql)
+        return fp
+
+    @property
+    def normalized(self) -> str:
+        return normalize(self.sql)
+
+    @property
+    def kind(self) -> str:
+        """``select``, ``insert``, ``update``, ``delete``, ``transaction``, ... ."""
+        return statement_kind(normalize(self.sql))
+
+    @property
+    def is_read(self) -> bool:
+        return self.kind == "select" and not (self.orm is not None and self.orm.dml)
+
+    @property
+    def orm(self) -> OrmContext | None:
+        """The ORM context, or ``None`` for Core and raw SQL."""
+        if self._orm is _UNSET:
+            from dbprobe.capture.orm import orm_context
+
+            self._orm = orm_context(self._live, self._orm_key)
+        return self._orm  # type: ignore[no-any-return]
+
+    @property
+    def shape(self) -> StatementShape | None:
+        """Selected columns and equality filters (for batched-rewrite advice)."""
+        if self._shape is _UNSET:
+            from dbprobe.capture.orm import statement_shape
+
+            self._shape = statement_shape(self._live)
+        return self._shape  # type: ignore[no-any-return]
+
+    @property
+    def duration_ms(self) -> float:
+        return self.duration_ns / 1e6
+
+    @property
+    def database(self) -> str:
+        """``host:port/database`` of the engine that ran it (no user, no password)."""
+        if self._database is None:
+            url = getattr(self.engine, "url", None)
+            self._database = (
+                f"{url.host or ''}:{url.port or ''}/{url.database or ''}" if url is not None else ""
+            )
+        return self._database
+
+    def caller_location(self, root: str | None = None) -> str | None:
+        """``path:line`` of the application frame that called the call site, if known."""
+        if self.caller is None:
+            return None
+        return f"{relative_path(self.caller[0], root)}:{self.caller[1]}"
+
+    def location(self, root: str | None = None) -> str | None:
+        """``path:line`` of the call site relative to ``root`` (default: cwd)."""
+        if self.call_site is None:
+            return None
+        cached = self._location
+        if cached is not None and cached[0] == root:
+            return cached[1]
+        location = CallSite(*self.call_site).location(root)
+        self._location = (root, location)
+        return location
+
+    @property
+    def function(self) -> str | None:
+        return None if self.call_site is None else self.call_site[2]
+
+    def parameter_key(self) -> Any:
+        """A hashable form of the parameters (equal values → equal keys)."""
+        return _freeze(self.parameters)
+
+    def is_ignored(self, rule: str) -> bool:
+        ignored = self.ignored
+        return ignored is not None and ("*" in ignored or rule in ignored)
+
+    def release(self) -> None:
+        """Resolve the derived views and drop the references to live SQLAlchemy objects
+        (statements, execution options, engines) so the log holds plain data only."""
+        _ = self.fingerprint, self.orm, self.shape, self.database
+        self._orm_key = self._live = None
+        self.engine = None
+        self.joined_root = _class_label(self.joined_root)
+
+    def __repr__(self) -> str:
+        where = self.location() or "?"
+        return f"<StatementRecord #{self.seq} {self.duration_ms:.3f} ms {where} {self.sql[:60]!r}>"
+
+    # -- serialisation -----------------------------------------------------------------
+    def to_dict(self, *, root: str | None = None, with_parameters: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "sql": self.sql if with_parameters else redact_literals(self.sql),
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "executemany": self.executemany,
+            "duration_ms": round(self.duration_ms, 6),
+            "rowcount": self.rowcount,
+            "connection": self.connection,
+            "dialect": self.dialect,
+            "database": self.database,
+            "location": self.location(root),
+            "function": self.function,
+            "caller": self.caller_location(root),
+            "error": self.error,
+            "ignored": sorted(self.ignored) if self.ignored is not None else None,
+            "orm": self.orm.to_dict() if self.orm is not None else None,
+            "shape": self.shape.to_dict() if self.shape is not None else None,
+            # Parameters are reduced to an opaque key unless asked for, so saved logs
+            # still tell "same values" from "different values" without holding them.
+            "parameter_key": _opaque(self.parameter_key()),
+            "joined_root": _class_label(self.joined_root),
+            "loaded_parents": self.loaded_parents,
+        }
+        if with_parameters:
+            out["parameters"] = _jsonable(self.parameters)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StatementRecord:
+        location = data.get("location")
+        site: tuple[str, int, str] | None = None
+        if location:
+            path, _, line = str(location).rpartition(":")
+            site = (path, int(line), str(data.get("function") or "?"))
+        ignored = data.get("ignored")
+        rec = cls(
+            seq=int(data["seq"]),
+            sql=str(data["sql"]),
+            parameters=data.get("parameters", _OpaqueParams(data.get("parameter_key"))),
+            executemany=bool(data.get("executemany", False)),
+            call_site=site,
+            connection=int(data.get("connection") or 0),
+            engine=None,
+            dialect=str(data.get("dialect") or ""),
+            orm_key=None,
+            live=None,
+            ignored=frozenset(ignored) if ignored is not None else None,
+        )
+        rec._database = str(data.get("database") or "")
+        caller = data.get("caller")
+        if caller:
+            caller_path, _, caller_line = str(caller).rpartition(":")
+            rec.caller = (caller_path, int(caller_line))
+        rec.duration_ns = int(float(data.get("duration_ms") or 0.0) * 1e6)
+        rec.rowcount = int(data.get("rowcount", -1))
+        rec.error = data.get("error")
+        rec.joined_root = data.get("joined_root")
+        rec.loaded_parents = int(data.get("loaded_parents", -1))
+        orm = data.get("orm")
+        rec._orm = OrmContext.from_dict(orm) if orm else None
+        shape = data.get("shape")
+        rec._shape = StatementShape.from_dict(shape) if shape else None
+        return rec
+
+
+def _class_label(value: type | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.__name__
+
+
+class _OpaqueParams:
+    """Parameters of a loaded log that were saved only as a key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _OpaqueParams) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, _OpaqueParams):
+        return ("opaque", value.key)
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(repr(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def _opaque(key: Any) -> str:
+    import hashlib
+
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "opaque":
+        return str(key[1])
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Boundary:
+    """A transaction end (commit or rollback) seen after ``after`` statements."""
+
+    after: int
+    kind: str
+    connection: int
+
+
+class QueryLog:
+    """The statements of one capture scope, in execution order.
+
+    ``statements`` is the list of :class:`StatementRecord`; ``findings()`` runs the
+    detectors (N+1, redundant queries, eager-load checks) over it.
+    """
+
+    def __init__(self, name: str | None = None, root: str | None = None) -> None:
+        self.name = name
+        self.root = root
+        self.statements: list[StatementRecord] = []
+        self.boundaries: list[Boundary] = []
+        self.eager_touches: dict[str, int] = {}
+        """relationship (``"Order.items"``) → attribute reads seen while tracked."""
+        self.verifications: dict[str, dict[str, Any]] = {}
+        """Fix re-runs: ``"<fingerprint>@<location>"`` → before/after statement counts."""
+        self.started_ns = 0
+        self.ended_ns = 0
+
+    def __len__(self) -> int:
+        return len(self.statements)
+
+    def __iter__(self) -> Iterator[StatementRecord]:
+        return iter(self.statements)
+
+    def __getitem__(self, index: int) -> StatementRecord:
+        return self.statements[index]
+
+    def __repr__(self) -> str:
+        return f"<QueryLog {self.name or ''} {len(self.statements)} statements>"
+
+    @property
+    def count(self) -> int:
+        """Number of statements executed (executemany counts once)."""
+        return len(self.statements)
+
+    @property
+    def duration_ms(self) -> float:
+        """Total time spent in the driver, in milliseconds."""
+        return sum(r.duration_ns for r in self.statements) / 1e6
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rec in self.statements:
+            out[rec.kind] = out.get(rec.kind, 0) + 1
+        return out
+
+    def clear(self) -> None:
+        self.statements.clear()
+        self.boundaries.clear()
+        self.eager_touches.clear()
+
+    def release(self) -> None:
+        """Drop references to live SQLAlchemy objects (see :meth:`StatementRecord.release`)."""
+        for rec in self.statements:
+            rec.release()
+
+    def findings(
+        self,
+        config: DbprobeConfig | None = None,
+        *,
+        test: str | None = None,
+    ) -> list[Finding]:
+        """Run the detectors over the log (pure; see :mod:`dbprobe.analysis.nplusone`).
+
+        config: thresholds and ignore/allow lists (default: ``[tool.dbprobe]`` of the
+        current project); test: the pytest node id to put on each finding.
+        """
+        from dbprobe.analysis.nplusone import detect
+        from dbprobe.config import load_config
+
+        cfg = config if config is not None else load_config()
+        return detect(self, cfg, test=test, root=self.root or cfg.root)
+
+    def format_statements(self, limit: int = 50, root: str | None = None) -> str:
+        """The numbered statements with call sites, for assertion messages."""
+        lines = []
+        for index, rec in enumerate(self.statements[:limit], start=1):
+            sql = " ".join(redact_literals(rec.sql).split())
+            if len(sql) > 160:
+                sql = sql[:157] + "..."
+            where = rec.location(root or self.root) or "<no application frame>"
+            extra = ""
+            orm = rec.orm
+            if orm is not None and orm.relationship:
+                extra = f" [{'lazy ' if orm.lazy else ''}{orm.relationship}]"
+            lines.append(f"{index:>4}. {where} ({rec.function}){extra}\n        {sql}")
+        if len(self.statements) > limit:
+            lines.append(f"      ... and {len(self.statements) - limit} more")
+        return "\n".join(lines)
+
+    def to_dict(self, *, with_parameters: bool = False) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "statements": [
+                r.to_dict(root=self.root, with_parameters=with_parameters) for r in self.statements
+            ],
+            "boundaries": [dataclasses.asdict(b) for b in self.boundaries],
+            "eager_touches": dict(self.eager_touches),
+            "verifications": dict(self.verifications),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueryLog:
+        log = cls(name=data.get("name"))
+        log.statements = [StatementRecord.from_dict(r) for r in data.get("statements", [])]
+        log.boundaries = [Boundary(**b) for b in data.get("boundaries", [])]
+        log.eager_touches = dict(data.get("eager_touches") or {})
+        log.verifications = dict(data.get("verifications") or {})
+        return log
+
+
+def statements_text(records: Sequence[StatementRecord], root: str | None = None) -> str:
+    """Numbered statements with call sites (helper for messages)."""
+    log = QueryLog(root=root)
+    log.statements = list(records)
+    return log.format_statements(limit=len(records), root=root)
+
+
+def default_root() -> str:
+    return os.getcwd()
+
+
+__all__ += ["Boundary", "default_root", "relative_path", "statements_text"]
