@@ -236,3 +236,35 @@ def test_failure_kinds() -> None:
         "server-shutdown"
     )
     assert classify_run(_TimeoutError("x")) == "error-_TimeoutError"
+
+
+def test_a_worker_that_dies_of_a_bug_is_not_silently_lost() -> None:
+    import asyncio
+
+    from dbprobe.pool._compat import AWorkers, Workers
+
+    def broken() -> None:
+        raise ZeroDivisionError("bug in a worker")
+
+    def fine() -> None:
+        return None
+
+    threads = Workers()
+    threads.spawn(fine)
+    threads.spawn(broken)
+    with pytest.raises(ZeroDivisionError, match="bug in a worker"):
+        threads.join(5.0)
+    ok = Workers()
+    ok.spawn(fine)
+    assert ok.join(5.0) == 0
+
+    async def abroken() -> None:
+        raise ZeroDivisionError("bug in a task")
+
+    async def scenario() -> None:
+        tasks = AWorkers()
+        tasks.spawn(abroken)
+        await tasks.join(5.0)
+
+    with pytest.raises(ZeroDivisionError, match="bug in a task"):
+        asyncio.run(scenario())

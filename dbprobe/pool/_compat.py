@@ -110,7 +110,9 @@ class Event:
 
 
 class AWorkers:
-    """Concurrent workers as asyncio tasks."""
+    """Concurrent workers as asyncio tasks. A worker that dies of an unexpected error
+    (a bug: pool and server failures are caught and recorded inside the workers) makes
+    :meth:`join` raise it, rather than the step quietly running with fewer workers."""
 
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[Any]] = []
@@ -131,10 +133,13 @@ class AWorkers:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+        failure: BaseException | None = None
         for task in self._tasks:
             if task.done() and not task.cancelled():
-                task.exception()  # retrieved: no "never retrieved" warning
+                failure = failure or task.exception()
         self._tasks = []
+        if failure is not None:
+            raise failure
         return len(pending)
 
     async def cancel(self) -> None:
@@ -143,6 +148,9 @@ class AWorkers:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: reported by join, or moot after an abort
         self._tasks = []
 
 
@@ -151,9 +159,19 @@ class Workers:
 
     def __init__(self) -> None:
         self._threads: list[threading.Thread] = []
+        self._failure: BaseException | None = None
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # surfaced by join(), not printed by the thread
+            if self._failure is None:
+                self._failure = exc
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        thread = threading.Thread(target=fn, args=args, daemon=True, name="dbprobe-pool-worker")
+        thread = threading.Thread(
+            target=self._run, args=(fn, args), daemon=True, name="dbprobe-pool-worker"
+        )
         thread.start()
         self._threads.append(thread)
 
@@ -168,11 +186,17 @@ class Workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = sum(1 for t in self._threads if t.is_alive())
         self._threads = []
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
         return alive
 
     def cancel(self) -> None:
         """Threads stop at their next check of the stop flag; wait briefly for them."""
-        self.join(2.0)
+        deadline = time.monotonic() + 2.0
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
 
 
 # -- the names of each form, and what its driver wants at connect time -----------------
