@@ -177,7 +177,9 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             ql = s.query_latency or {}
             rows.append(
                 [
-                    str(s.concurrency),
+                    str(s.concurrency)
+                    if s.offered_rate is None or math.isnan(s.offered_rate)
+                    else f"{s.concurrency} @{s.offered_rate:g}/s",
                     _num3(s.throughput_qps),
                     _num3(aw.get("p50")),
                     _num3(aw.get("p95")),
