@@ -217,6 +217,7 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             str(d.get("unit", "")),
         ]
         for path, d in other_distributions(metrics)
+        if d.get("n")  # an empty distribution (no timeouts, say) says nothing in a table
     ]
     if rest:
         tables.append(("METRICS", ["metric", "n", "p50", "p95", "p99", "max", "unit"], rest))
