@@ -80,7 +80,11 @@ def test_finding_identity_ignores_message_text() -> None:
     a = Finding("n-plus-one", Severity.ERROR, "50 times", "fix", location="a.py:1")
     b = Finding("n-plus-one", Severity.ERROR, "51 times", "fix", location="a.py:1")
     c = Finding("n-plus-one", Severity.ERROR, "50 times", "fix", location="a.py:2")
-    assert a.identity() == b.identity() != c.identity()
+    d = Finding("n-plus-one", Severity.ERROR, "50 times", "fix", location="b.py:1")
+    # the line is not part of the identity (moving code by a line keeps the finding);
+    # the file is
+    assert a.identity() == b.identity() == c.identity() != d.identity()
+    assert (a.line, c.line, Finding("x", Severity.INFO, "m", "r").line) == (1, 2, None)
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown"])

@@ -11,6 +11,7 @@ import datetime as _dt
 import enum
 import math
 import platform
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -97,13 +98,52 @@ class Finding:
         )
 
     def identity(self) -> tuple[str, str]:
-        """What makes two findings 'the same' across runs: rule plus the most specific
-        of fingerprint, location, table (never the message text)."""
-        where = "|".join(x for x in (self.test, self.location, self.table, self.fingerprint) if x)
+        """What makes two findings 'the same' across runs, never the message text: the
+        rule plus the test, the file of the location, the table and the fingerprint.
+
+        The line of the location is left out (and any ``path:line`` inside the
+        fingerprint is cut to the path), so inserting a line above a finding does not
+        turn it into a new one; :meth:`line` breaks ties between findings that are
+        otherwise equal (``dbprobe compare`` pairs them by line)."""
+        where = "|".join(
+            x
+            for x in (
+                self.test,
+                location_file(self.location),
+                self.table,
+                strip_lines(self.fingerprint) if self.fingerprint else None,
+            )
+            if x
+        )
         return (self.rule, where)
+
+    @property
+    def line(self) -> int | None:
+        """The line number of ``location`` (``app/orders.py:42`` → 42), or ``None``."""
+        if not self.location:
+            return None
+        _, sep, tail = self.location.rpartition(":")
+        return int(tail) if sep and tail.isdigit() else None
 
     def with_test(self, test: str) -> Finding:
         return dataclasses.replace(self, test=test)
+
+
+_PATH_LINE = re.compile(r"([\w./\\-]+\.[A-Za-z0-9]+):\d+")
+
+
+def location_file(location: str | None) -> str | None:
+    """The file of a ``file:line`` location (``app/orders.py:42`` → ``app/orders.py``)."""
+    if not location:
+        return None
+    head, sep, tail = location.rpartition(":")
+    return head if sep and head and tail.isdigit() else location
+
+
+def strip_lines(text: str) -> str:
+    """``text`` with every ``path.ext:N`` cut to ``path.ext`` (fingerprints that embed a
+    call site keep matching when the code moves by a line)."""
+    return _PATH_LINE.sub(r"\1", text)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -119,12 +159,20 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
 
 
+TIME_ORDER = "time"
+"""``Distribution.order`` when the raw samples are in the order they were measured."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Distribution:
     """A latency (or other) distribution: p50/p95/p99/max with the sample count.
 
     unit: ``ms`` by default. ``samples`` keeps the raw values when a later
     comparison needs them (``dbprobe compare`` decides regressions from them).
+    ``order`` is ``"time"`` when ``samples`` are in the order they were measured (the
+    default of :meth:`of`), so a comparison can resample blocks of neighbouring samples
+    (they share the machine's load of the moment); ``None`` when their order says
+    nothing (sorted, thinned, merged from several workers).
     """
 
     n: int
@@ -136,13 +184,35 @@ class Distribution:
     mean: float
     unit: str = "ms"
     samples: tuple[float, ...] | None = None
+    order: str | None = None
 
     @classmethod
-    def of(cls, values: Iterable[float], unit: str = "ms", keep: bool = True) -> Distribution:
-        data = sorted(float(v) for v in values)
+    def of(
+        cls,
+        values: Iterable[float],
+        unit: str = "ms",
+        keep: bool = True,
+        *,
+        time_ordered: bool = True,
+    ) -> Distribution:
+        """The distribution of ``values``.
+
+        keep: keep the raw values (default True); time_ordered: ``values`` come in the
+        order they were measured (default True: every probe appends as it measures), so
+        they are kept in that order and marked ``order: "time"``; pass False for values
+        in any other order (merged from several workers, sorted), which are then kept
+        sorted.
+        """
+        given = [float(v) for v in values]
+        data = sorted(given)
         if not data:
             nan = math.nan
             return cls(0, nan, nan, nan, nan, nan, nan, unit, () if keep else None)
+        kept: tuple[float, ...] | None = None
+        order: str | None = None
+        if keep:
+            kept = tuple(given) if time_ordered else tuple(data)
+            order = TIME_ORDER if time_ordered else None
         return cls(
             n=len(data),
             p50=percentile(data, 50),
@@ -152,7 +222,8 @@ class Distribution:
             min=data[0],
             mean=sum(data) / len(data),
             unit=unit,
-            samples=tuple(data) if keep else None,
+            samples=kept,
+            order=order,
         )
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
@@ -168,12 +239,15 @@ class Distribution:
         }
         if with_samples and self.samples is not None:
             out["samples"] = [round(v, 6) for v in self.samples]
+            if self.order is not None and self.samples:
+                out["order"] = self.order
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Distribution:
         samples = data.get("samples")
         nan = math.nan
+        order = data.get("order")
         return cls(
             n=int(data["n"]),
             p50=_f(data.get("p50", nan)),
@@ -184,6 +258,7 @@ class Distribution:
             mean=_f(data.get("mean", nan)),
             unit=str(data.get("unit", "ms")),
             samples=tuple(float(v) for v in samples) if samples is not None else None,
+            order=str(order) if isinstance(order, str) and samples is not None else None,
         )
 
 
