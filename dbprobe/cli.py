@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cctx: click.Context | None = getattr(exc, "ctx", None)
         where = "dbprobe"
         if cctx is not None and cctx.parent is not None:
-            where = f"dbprobe {cctx.info_name}"
+            where = cctx.command_path  # "dbprobe runs list", not "dbprobe list"
         sys.stderr.write(
             f"{where}: error: {_one_line(exc.format_message())} (see {where} --help)\n"
         )

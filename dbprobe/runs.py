@@ -151,19 +151,22 @@ class RunStore:
         log.debug("saved run %r", str(path))
         return SavedRun(number, path, command, stamp, short)
 
-    def resolve(self, ref: str) -> Path:
+    def resolve(self, ref: str, command: str | None = None) -> Path:
         """A saved run's file from ``N``/``000N`` (its number), ``latest`` or ``latest~K``
-        (the K-th before the latest)."""
+        (the K-th before the latest). command: count only the runs of that command
+        (``latest~1`` of a ``pool`` run is the ``pool`` run before it)."""
         runs = self.runs()
         m = _REF.match(ref)
         if m:
+            mine = [r for r in runs if command is None or r.command == command]
             back = int(m.group(1) or 0)
-            if len(runs) <= back:
+            if len(mine) <= back:
+                of = f" of command {command}" if command else ""
                 raise UsageError(
-                    f"no saved run {ref!r} in {self.root} ({len(runs)} saved; "
+                    f"no saved run {ref!r}{of} in {self.root} ({len(mine)} saved; "
                     "save one with --save or `dbprobe runs save REPORT.json`)"
                 )
-            return runs[-1 - back].path
+            return mine[-1 - back].path
         if ref.isdigit():
             for r in runs:
                 if r.number == int(ref):
@@ -172,15 +175,24 @@ class RunStore:
         raise UsageError(f"{ref!r} is neither a file nor a saved-run id (N, latest, latest~K)")
 
 
-def load_document(ref: str, store: RunStore | None = None) -> tuple[dict[str, Any], str]:
+def is_run_ref(ref: str) -> bool:
+    """Whether ``ref`` names a saved run relative to the latest (``latest``,
+    ``latest~K``) rather than a file or a run number."""
+    return bool(_REF.match(ref)) and not Path(ref).exists()
+
+
+def load_document(
+    ref: str, store: RunStore | None = None, *, command: str | None = None
+) -> tuple[dict[str, Any], str]:
     """Read a report from a file path or a saved-run id; ``(document, source label)``.
 
+    command: resolve ``latest``/``latest~K`` among the runs of that command only.
     Raises :class:`UsageError` (one line) for a missing or unreadable file, bad JSON,
     or a document that is not ``dbprobe.report/1``.
     """
     path = Path(ref)
     if not path.exists() and os.sep not in ref and not ref.endswith(".json"):
-        path = (store or RunStore()).resolve(ref)
+        path = (store or RunStore()).resolve(ref, command)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -7,6 +7,7 @@ from tabulate import tabulate
 
 _DIR = click.option(
     "--dir",
+    "--runs-dir",
     "folder",
     type=click.Path(file_okay=False),
     default=None,

@@ -1,21 +1,27 @@
-"""Regression thresholds parsed from the command line into small check objects.
+"""Regression limits parsed from the command line into small check objects, and the
+test each check runs on one metric.
 
 Spec grammar (``--threshold``, repeatable)::
 
-    STAT:LIMIT               p95:10%   p99:10%   throughput:5%   mean:5%
+    STAT:LIMIT               p95:10%   p99:10%   throughput:5%   mean:5%   failed:2%
     GLOB:LIMIT               pool.*.throughput:5%   coldstart.*.total:20%
     GLOB:STAT:LIMIT          coldstart.*.total:p99:25%
     ...:off                  p99:off   coldstart.*:off        (switch a check off)
 
-STAT is ``p50``, ``p90``, ``p95``, ``p99``, any ``pNN[.N]``, ``mean``, ``max`` or
-``throughput`` (the median of a rate distribution such as per-interval q/s). GLOB is an
-fnmatch pattern over metric paths (``pool.psycopg_pool.steps[c=16].acquire_wait``); a
-GLOB without STAT checks ``throughput`` on rates and ``p95`` and ``p99`` on the rest.
+STAT is ``p50``, ``p90``, ``p95``, ``p99``, any ``pNN[.N]``, ``mean``, ``max``,
+``throughput`` (a rate's mean: for a pool step, ``throughput_qps``, the completed
+requests over the step's window) or ``failed`` (a pool step's share of failed requests,
+timeouts and errors; its LIMIT is in percentage points: ``failed:2%`` lets the share
+grow by two points, 3% → 5%). Other limits are relative: ``p95:10%`` lets the p95 grow
+by 10%. GLOB is an fnmatch pattern over metric paths
+(``pool.psycopg_pool.steps[c=16].acquire_wait``); a GLOB without STAT checks
+``throughput`` on rates, ``failed`` on step shares and ``p95`` and ``p99`` on the rest.
 
-Defaults: ``p95:10%``, ``p99:10%`` on time distributions (ms, s, us) and
-``throughput:10%`` on rates (units ending in ``/s``). For each metric and statistic the
-most specific check wins: a GLOB check over a plain STAT check over a default; among
-equals, the one given last.
+Defaults (:data:`DEFAULT_SPECS`): the headline limits (cold-start total p95 25%, pool
+query p95 25%, pool throughput 15%, failed share 5 points) and 10% on p95/p99/throughput
+of everything else. For each metric and statistic the most specific check wins: the
+user's GLOB checks, then the user's plain STAT checks, then the default GLOB checks,
+then the default plain ones; among equals, the one given last.
 """
 
 from __future__ import annotations
@@ -24,24 +30,25 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dbprobe.compare.stats import (
-    MIN_SAMPLES,
-    bootstrap_ratio_ci,
-    mann_whitney_u,
-    mean_ratio_ci,
-)
 from dbprobe.errors import UsageError
 from dbprobe.report.views import is_rate
 
 TIME_UNITS = frozenset({"ms", "s", "us", "µs", "ns"})
-NAMED_STATS = ("mean", "max", "throughput")
+NAMED_STATS = ("mean", "max", "throughput", "failed")
+SHARE_UNIT = "share"
+"""Unit of a pool step's failed share (0..1); its limits are in percentage points."""
 _PCT = re.compile(r"^p(\d{1,2}(?:\.\d+)?|100)$")
 _LIMIT = re.compile(r"^(\d+(?:\.\d+)?)%$")
 
-Verdict = str  # "regression" | "improvement" | "inconclusive" | "unchanged"
+Verdict = str
+"""``regression`` (a gating check failed: exit 1), ``worse`` (significantly worse by more
+than the limit on a check that does not gate), ``inconclusive`` (beyond the limit but
+within noise, or untestable), ``improvement``, ``unchanged``."""
+
+VERDICTS = ("regression", "worse", "inconclusive", "improvement", "unchanged")
 
 
 def is_stat(word: str) -> bool:
@@ -52,10 +59,15 @@ def is_stat(word: str) -> bool:
 class MetricChange:
     """The outcome of one check on one metric present in both reports.
 
-    ratio: new/base of the statistic; ci_low/ci_high its confidence interval (NaN when
-    decided on point values); p_value: Mann–Whitney on the raw samples (NaN without
-    samples); threshold: fraction (0.10 for 10%); method: ``bootstrap`` (percentiles),
-    ``delta`` (mean) or ``point`` (no samples, or fewer than ``MIN_SAMPLES``).
+    ratio: new/base of the statistic (for ``failed``: of the shares); ci_low/ci_high:
+    its 95% bootstrap interval (for ``failed``: of the difference of the shares); NaN
+    when decided on point values. p_value: two-sided Mann–Whitney on the raw samples
+    (context only); p_worse: one-sided p of "worse by no more than the limit";
+    p_adjusted: p_worse after Holm's correction over the checks of its family (the
+    gating checks, or the informational ones) — the verdict follows it. threshold:
+    fraction (0.10 for 10%; for ``failed``, 0.05 for 5 points). gate: whether a
+    regression here fails the comparison. method: ``bootstrap``, ``block-bootstrap``,
+    ``proportion`` or ``point`` (no samples, or fewer than ``MIN_SAMPLES``).
     """
 
     metric: str
@@ -74,16 +86,35 @@ class MetricChange:
     check: str
     method: str
     verdict: Verdict
+    gate: bool = False
+    p_worse: float = math.nan
+    p_better: float = math.nan
+    p_adjusted: float = math.nan
+    counts: tuple[int, int, int, int] | None = None  # failed/requests base, new
 
     @property
     def change_pct(self) -> float:
+        """Relative change in percent; for a share, the change in percentage points."""
+        if self.stat == "failed":
+            return (self.new - self.base) * 100
         return (self.ratio - 1) * 100
+
+    @property
+    def beyond_limit(self) -> bool:
+        """The point change is beyond the limit in the bad direction."""
+        if self.stat == "failed":
+            return self.new - self.base > self.threshold
+        if not math.isfinite(self.ratio):
+            return (self.ratio > 1) != self.higher_is_better
+        if self.higher_is_better:
+            return self.ratio < 1 - self.threshold
+        return self.ratio > 1 + self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
             return round(v, 6) if math.isfinite(v) else None
 
-        return {
+        out: dict[str, Any] = {
             "metric": self.metric,
             "stat": self.stat,
             "unit": self.unit,
@@ -94,38 +125,27 @@ class MetricChange:
             "change_pct": num(self.change_pct),
             "ci": [num(self.ci_low), num(self.ci_high)],
             "p_value": num(self.p_value),
+            "p_worse": num(self.p_worse),
+            "p_adjusted": num(self.p_adjusted),
             "n_base": self.n_base,
             "n_new": self.n_new,
             "threshold_pct": round(self.threshold * 100, 6),
             "check": self.check,
             "method": self.method,
+            "gate": self.gate,
             "verdict": self.verdict,
         }
-
-
-def _samples(dist: Mapping[str, Any]) -> list[float]:
-    raw = dist.get("samples")
-    if not isinstance(raw, list):
-        return []
-    return [float(v) for v in raw if v is not None]
-
-
-def _point(dist: Mapping[str, Any], stat: str, samples: Sequence[float]) -> float:
-    key = "p50" if stat == "throughput" else stat
-    value = dist.get(key)
-    if value is not None:
-        return float(value)
-    if samples and key.startswith("p"):
-        from dbprobe.compare.stats import percentile_sorted
-
-        return percentile_sorted(sorted(samples), float(key[1:]))
-    return math.nan
+        if self.counts is not None:
+            fb, tb, fn, tn = self.counts
+            out["failed"] = {"base": fb, "base_requests": tb, "new": fn, "new_requests": tn}
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricCheck:
-    """One threshold: ``stat`` of metrics matching ``pattern`` may get at most
-    ``threshold`` (a fraction) worse. ``threshold`` None means switched off."""
+    """One limit: ``stat`` of metrics matching ``pattern`` may get at most ``threshold``
+    (a fraction) worse. ``threshold`` None means switched off. ``default``: one of
+    :data:`DEFAULT_SPECS`, which the user's checks override."""
 
     stat: str | None
     threshold: float | None
@@ -135,67 +155,47 @@ class MetricCheck:
 
     @property
     def specificity(self) -> int:
-        return 2 if self.pattern else (0 if self.default else 1)
+        """User GLOB 3, user STAT 2, default GLOB 1, default STAT 0."""
+        return (0 if self.default else 2) + (1 if self.pattern else 0)
+
+    @property
+    def explicit(self) -> bool:
+        """A user's GLOB check: the metrics it names gate the comparison."""
+        return bool(self.pattern) and not self.default
 
     def stats_for(self, unit: str) -> tuple[str, ...]:
         """The statistics this check covers on a metric of ``unit``."""
         if self.stat is not None:
             return (self.stat,)
+        if unit == SHARE_UNIT:
+            return ("failed",)
         return ("throughput",) if is_rate(unit) else ("p95", "p99")
 
     def applies(self, path: str, unit: str) -> bool:
-        if self.pattern is not None:
-            return fnmatch.fnmatchcase(path, self.pattern)
+        """Whether this check covers a metric at ``path`` of ``unit``: plain percentile
+        checks cover times, ``throughput`` rates, ``failed`` step shares; a GLOB covers
+        what it names (without a STAT, with the defaults of the metric's kind)."""
+        if self.pattern is not None and not fnmatch.fnmatchcase(path, self.pattern):
+            return False
+        if unit == SHARE_UNIT:
+            return self.stat in (None, "failed")
+        if self.stat == "failed":
+            return False
         if self.stat == "throughput":
             return is_rate(unit)
+        if self.stat is None or self.pattern is not None:
+            return True
         return unit in TIME_UNITS
-
-    def compute(
-        self, path: str, stat: str, base: Mapping[str, Any], new: Mapping[str, Any]
-    ) -> MetricChange:
-        """Compare ``stat`` of two serialised distributions of the metric ``path``."""
-        unit = str(new.get("unit") or base.get("unit") or "ms")
-        higher = is_rate(unit)
-        a, b = _samples(base), _samples(new)
-        va, vb = _point(base, stat, a), _point(new, stat, b)
-        ratio = vb / va if va else (1.0 if vb == va else math.inf)
-        low = high = p_value = math.nan
-        method = "point"
-        if len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES and stat != "max":
-            if stat == "mean":
-                ci = mean_ratio_ci(a, b)
-                method = "delta"
-            else:
-                q = 50.0 if stat == "throughput" else float(stat[1:])
-                ci = bootstrap_ratio_ci(a, b, q)
-                method = "bootstrap"
-            low, high = ci.low, ci.high
-            p_value = mann_whitney_u(a, b).p_value
-        threshold = self.threshold or 0.0
-        verdict = decide(ratio, low, high, threshold, higher_is_better=higher)
-        return MetricChange(
-            metric=path,
-            stat=stat,
-            unit=unit,
-            higher_is_better=higher,
-            base=va,
-            new=vb,
-            ratio=ratio,
-            ci_low=low,
-            ci_high=high,
-            p_value=p_value,
-            n_base=int(base.get("n") or len(a)),
-            n_new=int(new.get("n") or len(b)),
-            threshold=threshold,
-            check=self.spec,
-            method=method,
-            verdict=verdict,
-        )
 
     def fails(self, change: MetricChange) -> str | None:
         """Why ``change`` fails this check, or ``None``."""
         if change.verdict != "regression":
             return None
+        if change.stat == "failed":
+            return (
+                f"{change.metric} failed share grew {change.change_pct:.1f} points "
+                f"({change.base:.1%} → {change.new:.1%}; limit {self.spec})"
+            )
         worse = "lower" if change.higher_is_better else "higher"
         return (
             f"{change.metric} {change.stat} is {abs(change.change_pct):.1f}% {worse} "
@@ -206,24 +206,28 @@ class MetricCheck:
 def decide(
     ratio: float, low: float, high: float, threshold: float, *, higher_is_better: bool
 ) -> Verdict:
-    """Regression when the point ratio is beyond the threshold in the bad direction and,
-    when a confidence interval exists, the whole interval is on the bad side of 1 (the
-    shift is real, not noise). Beyond the threshold with an interval that includes 1:
-    ``inconclusive``. The mirror image is an ``improvement``."""
+    """The verdict of a single check from its point ratio and 95% interval, without a
+    correction for multiple checks: ``regression`` when the whole interval is beyond
+    the limit in the bad direction (worse by more than the limit, not only different),
+    ``inconclusive`` when the point is beyond it but the interval is not, the mirror
+    image an ``improvement``. Without an interval the point decides. (``dbprobe
+    compare`` itself decides from Holm-adjusted p-values of the same test.)"""
+    worse_bound = 1 - threshold if higher_is_better else 1 + threshold
+    better_bound = 1 + threshold if higher_is_better else 1 - threshold
     if not math.isfinite(ratio):
         return "regression" if (ratio > 1) != higher_is_better else "improvement"
-    worse = ratio < 1 - threshold if higher_is_better else ratio > 1 + threshold
-    better = ratio > 1 + threshold if higher_is_better else ratio < 1 - threshold
+    worse = ratio < worse_bound if higher_is_better else ratio > worse_bound
+    better = ratio > better_bound if higher_is_better else ratio < better_bound
     has_ci = math.isfinite(low) and math.isfinite(high)
     if worse:
         if not has_ci:
             return "regression"
-        real = high < 1 if higher_is_better else low > 1
+        real = high < worse_bound if higher_is_better else low > worse_bound
         return "regression" if real else "inconclusive"
     if better:
         if not has_ci:
             return "improvement"
-        real = low > 1 if higher_is_better else high < 1
+        real = low > better_bound if higher_is_better else high < better_bound
         return "improvement" if real else "unchanged"
     return "unchanged"
 
@@ -253,10 +257,9 @@ def parse_check(spec: str) -> MetricCheck:
     if len(parts) == 3:
         pattern, stat = parts[0].strip(), parts[1].strip()
         if not is_stat(stat):
-            # a glob that itself contains ':' is unlikely; treat "a:b:10%" as GLOB:STAT
             raise UsageError(
                 f"bad threshold {spec!r}: unknown statistic {stat!r} "
-                f"(use p50, p95, p99, pNN, mean, max or throughput)"
+                f"(use p50, p95, p99, pNN, mean, max, throughput or failed)"
             )
     else:
         head = parts[0].strip()
@@ -269,7 +272,15 @@ def parse_check(spec: str) -> MetricCheck:
     return MetricCheck(stat=stat, threshold=limit, pattern=pattern, spec=text)
 
 
-DEFAULT_SPECS = ("p95:10%", "p99:10%", "throughput:10%")
+HEADLINE_SPECS = (
+    "coldstart.*.total:p95:25%",
+    "pool.*.query_latency:p95:25%",
+    "pool.*.throughput:throughput:15%",
+    "failed:5%",
+)
+"""Limits of the headline checks, which gate by default (see :func:`is_headline`)."""
+
+DEFAULT_SPECS = ("p95:10%", "p99:10%", "throughput:10%", *HEADLINE_SPECS)
 
 
 def default_checks() -> list[MetricCheck]:
@@ -286,6 +297,10 @@ def resolve_checks(
         if not check.applies(path, unit):
             continue
         for stat in check.stats_for(unit):
+            if unit == SHARE_UNIT and stat != "failed":
+                continue
+            if unit != SHARE_UNIT and stat == "failed":
+                continue
             current = chosen.get(stat)
             if current is None or check.specificity >= current.specificity:
                 chosen[stat] = check
