@@ -31,8 +31,9 @@ class Rule:
 
     @property
     def url(self) -> str:
-        """Absolute link to the rule's page (see :func:`docs_url`)."""
-        return docs_url(self.id)
+        """Link to the rule's page: under ``$DBPROBE_DOCS_URL`` when it is set, else
+        the page's path in the repository (see :func:`docs_link`)."""
+        return docs_link(self.id)
 
     def finding(
         self,
@@ -110,16 +111,31 @@ def rule(rule_id: str) -> Rule:
         raise KeyError(f"unknown rule id {rule_id!r}") from None
 
 
-DOCS_BASE_URL = "https://dbprobe.dev/docs/rules"
-"""Where rule pages are published; ``$DBPROBE_DOCS_URL`` overrides it (a fork, a mirror,
-``https://github.com/ORG/REPO/blob/main/docs/rules``)."""
+DOCS_URL_ENV = "DBPROBE_DOCS_URL"
+"""Where rule pages are published, when they are: ``$DBPROBE_DOCS_URL`` (a fork, a
+mirror, ``https://github.com/ORG/REPO/blob/main/docs/rules``). Unset, reports work
+offline: Markdown links the pages by their repository path, HTML embeds them, SARIF
+carries them as rule help."""
 
 
-def docs_url(rule_id: str) -> str:
-    """Absolute link to ``docs/rules/<rule_id>.md`` under ``$DBPROBE_DOCS_URL``
-    (default :data:`DOCS_BASE_URL`); reports (HTML, Markdown, SARIF) link here."""
-    base = os.environ.get("DBPROBE_DOCS_URL") or DOCS_BASE_URL
-    return f"{base.rstrip('/')}/{rule_id}.md"
+def docs_base_url() -> str | None:
+    """``$DBPROBE_DOCS_URL`` without its trailing slash, or ``None`` when unset."""
+    base = os.environ.get(DOCS_URL_ENV, "").strip()
+    return base.rstrip("/") or None
+
+
+def docs_url(rule_id: str) -> str | None:
+    """Absolute link to ``<rule_id>.md`` under ``$DBPROBE_DOCS_URL``; ``None`` when no
+    base URL is configured (there is no public site to link to)."""
+    base = docs_base_url()
+    return f"{base}/{rule_id}.md" if base else None
+
+
+def docs_link(rule_id: str) -> str:
+    """The link reports print: :func:`docs_url` when a base URL is configured, else the
+    page's repository path ``docs/rules/<rule_id>.md`` (a relative link that resolves
+    in a repository viewer and in a checkout)."""
+    return docs_url(rule_id) or f"docs/rules/{rule_id}.md"
 
 
 def _docs_dirs() -> list[Path]:

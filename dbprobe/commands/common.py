@@ -19,11 +19,17 @@ FAIL_ON = ("error", "warning", "info", "never")
 
 SAVE_KEY = "dbprobe.save"
 SLOS_KEY = "dbprobe.slos"
+SARIF_KEY = "dbprobe.sarif_unlocated"
 
 
 def _remember_save(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
         ctx.meta[SAVE_KEY] = value
+
+
+def _remember_sarif(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[SARIF_KEY] = value
 
 
 def _load_slos(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -34,11 +40,21 @@ def _load_slos(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def report_options(default_format: str = "table") -> Callable[[F], F]:
-    """``--format``, ``--output``, ``--fail-on``, ``--save`` and ``--config``, identical on
-    every command. ``--save`` and ``--config`` are handled by :func:`finish` (they add
-    no parameter to the command function)."""
+    """``--format``, ``--output``, ``--fail-on``, ``--save``, ``--config`` and
+    ``--sarif-unlocated``, identical on every command. The last three are handled by
+    :func:`finish` (they add no parameter to the command function)."""
 
     def deco(fn: F) -> F:
+        fn = click.option(
+            "--sarif-unlocated",
+            type=click.Choice(["anchor", "drop"]),
+            default=None,
+            expose_value=False,
+            callback=_remember_sarif,
+            help="SARIF: pin findings without a code location to a project file "
+            "(anchor, the default; GitHub code scanning needs a file on every result) "
+            "or leave them out (drop).",
+        )(fn)
         fn = click.option(
             "--config",
             type=click.Path(dir_okay=False),
@@ -94,7 +110,7 @@ def finish(report: Report, fmt: str, output: str | None, fail_on: str) -> int:
     meta: dict[str, Any] = ctx.meta if ctx is not None else {}
     slos = meta.get(SLOS_KEY)
     apply_slos(report, slos if isinstance(slos, Slos) else None)
-    write_report(report, fmt, output)
+    write_report(report, fmt, output, sarif_unlocated=meta.get(SARIF_KEY))
     save = meta.get(SAVE_KEY)
     if save:
         from dbprobe.runs import RunStore

@@ -18,10 +18,13 @@ from html import escape
 from typing import Any
 
 from dbprobe.report import svg
+from dbprobe.report.mdhtml import markdown_to_html
 from dbprobe.report.model import Finding, Report, Severity, is_distribution
 from dbprobe.report.views import (
     ColdstartView,
+    PoolStep,
     PoolView,
+    app_frames,
     coldstart_view,
     finding_where,
     fmt_value,
@@ -29,7 +32,7 @@ from dbprobe.report.views import (
     other_distributions,
     pool_view,
 )
-from dbprobe.rules import RULES, docs_url
+from dbprobe.rules import RULES, docs_text, docs_url
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -86,6 +89,10 @@ figure { margin: 12px 0 20px; }
 figure svg { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: .9rem; }
 a { color: #0b57a4; }
+.rule-page { border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px;
+  margin: 8px 0; }
+.rule-page > summary { cursor: pointer; font-weight: 600; }
+.related { color: var(--muted); }
 body.hide-error .sev-error, body.hide-warning .sev-warning, body.hide-info .sev-info
   { display: none; }
 @media print {
@@ -104,6 +111,12 @@ document.querySelectorAll('input[data-sev]').forEach(function (box) {
     document.body.classList.toggle('hide-' + box.dataset.sev, !box.checked);
   });
 });
+function openTarget() {
+  var el = document.getElementById(location.hash.slice(1));
+  if (el && el.tagName === 'DETAILS') { el.open = true; }
+}
+window.addEventListener('hashchange', openTarget);
+openTarget();
 window.addEventListener('beforeprint', function () {
   document.querySelectorAll('details').forEach(function (d) { d.open = true; });
 });
@@ -167,10 +180,12 @@ def _plan_node_lines(node: Mapping[str, Any], depth: int, out: list[str]) -> Non
 
 
 def plan_text(plan: Any) -> str | None:
-    """EXPLAIN (FORMAT JSON) output (or plain EXPLAIN text) as indented text lines,
-    cut to :data:`PLAN_LINES` lines."""
+    """EXPLAIN (FORMAT JSON) output, plain EXPLAIN text, or a plan already cut into
+    text lines (a list of strings) as indented text, cut to :data:`PLAN_LINES` lines."""
     if isinstance(plan, str):
         lines = plan.strip().splitlines()
+    elif isinstance(plan, list) and plan and all(isinstance(x, str) for x in plan):
+        lines = [str(x).rstrip() for x in plan]
     else:
         root = _plan_root(plan)
         if root is None:
@@ -182,15 +197,47 @@ def plan_text(plan: Any) -> str | None:
     return "\n".join(lines) if lines else None
 
 
+def plan_keys(evidence: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The plans in a finding's evidence: keys containing ``plan`` whose value reads as
+    a plan, at the top level and one level down (``verification.plan_after``), as
+    ``(dotted key, plan)``."""
+    found: list[tuple[str, Any]] = []
+    for key, value in evidence.items():
+        if "plan" in str(key).lower() and plan_text(value):
+            found.append((str(key), value))
+        elif isinstance(value, Mapping):
+            for sub, inner in value.items():
+                if "plan" in str(sub).lower() and plan_text(inner):
+                    found.append((f"{key}.{sub}", inner))
+    return found
+
+
 def plan_excerpt(evidence: Mapping[str, Any]) -> str | None:
-    """Every plan in a finding's evidence (keys containing ``plan``), as text."""
+    """Every plan in a finding's evidence (see :func:`plan_keys`), as text."""
+    found = plan_keys(evidence)
     parts = []
-    keys = [k for k in evidence if "plan" in k.lower()]
-    for key in keys:
-        text = plan_text(evidence[key])
+    for key, value in found:
+        text = plan_text(value)
         if text:
-            parts.append(f"-- {key}\n{text}" if len(keys) > 1 else text)
+            parts.append(f"-- {key}\n{text}" if len(found) > 1 else text)
     return "\n\n".join(parts) or None
+
+
+def evidence_rest(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """A finding's evidence without the plans :func:`plan_excerpt` shows, and with
+    stacks cut to the application's frames."""
+    shown = {k for k, _ in plan_keys(evidence)}
+    out: dict[str, Any] = {}
+    for key, value in evidence.items():
+        if key in shown:
+            continue
+        kept: Any = value
+        if isinstance(value, Mapping):
+            kept = {k: v for k, v in value.items() if f"{key}.{k}" not in shown}
+        elif key == "stack" and isinstance(value, list):
+            kept = app_frames(value)
+        out[key] = kept
+    return out
 
 
 def _evidence_value(value: Any) -> str:
@@ -215,13 +262,11 @@ def _finding_html(f: Finding, data_evidence: Mapping[str, Any]) -> str:
     )
     facts: list[tuple[str, str]] = []
     if rule is not None:
-        facts.append(
-            (
-                "rule",
-                f"{escape(rule.title)} · "
-                f'<a href="{escape(docs_url(f.rule))}">docs/rules/{escape(f.rule)}.md</a>',
-            )
-        )
+        link = f'<a href="#rule-{escape(f.rule)}">what it means and how to fix it</a>'
+        url = docs_url(f.rule)
+        if url:
+            link += f' · <a href="{escape(url)}">docs/rules/{escape(f.rule)}.md</a>'
+        facts.append(("rule", f"{escape(rule.title)} · {link}"))
     for label, value in (
         ("location", f.location),
         ("test", f.test),
@@ -250,7 +295,18 @@ def _finding_html(f: Finding, data_evidence: Mapping[str, Any]) -> str:
             f'<details open><summary>Plan excerpt</summary><pre class="plan"><code>'
             f"{escape(plan)}</code></pre></details>"
         )
-    rest = {k: v for k, v in data_evidence.items() if "plan" not in k.lower()}
+    related = data_evidence.get("related")
+    if isinstance(related, list) and related:
+        out.append(
+            '<p class="related">Same fix as: '
+            + "; ".join(
+                escape(str(r.get("message") or r.get("rule")))
+                for r in related
+                if isinstance(r, Mapping)
+            )
+            + "</p>"
+        )
+    rest = {k: v for k, v in evidence_rest(data_evidence).items() if k != "related"}
     if rest:
         out.append("<details><summary>Evidence</summary><table><tbody>")
         for k, v in rest.items():
@@ -293,7 +349,7 @@ def _coldstart_section(view: ColdstartView) -> list[str]:
     rows: list[tuple[str, list[tuple[str, float]]]] = []
     totals: dict[str, float] = {}
     for d in view.drivers:
-        parts = [(p, float(dist.get("p50") or math.nan)) for p, dist in d.phases.items()]
+        parts = d.bar("p50")
         rows.append((d.name, parts))
         if d.total and d.total.get("p50") is not None:
             totals[d.name] = float(d.total["p50"])
@@ -301,9 +357,12 @@ def _coldstart_section(view: ColdstartView) -> list[str]:
         out.append(
             _figure(
                 svg.stacked_bars("Cold start by phase (p50, ms)", rows, unit="ms", totals=totals),
-                "Each bar lays the driver's phases (median of each) end to end; the black tick "
-                "is the measured median total. Phases are medians of separate samples, so "
-                "their sum need not equal the total.",
+                "Each bar is one driver's cold start as it timed it: its connect, split into "
+                "the phases dbprobe's protocol client measured beside it (in their "
+                "proportions; 'connect: driver's own' is what the driver adds on top), then "
+                "its initialisation and first query. Segments are medians of separate "
+                "samples, so the bar need not equal the measured median total (the black "
+                "tick).",
             )
         )
     pct_rows = [(d.name, d.total) for d in view.drivers if d.total]
@@ -332,12 +391,44 @@ def _coldstart_section(view: ColdstartView) -> list[str]:
     return out
 
 
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def _step_cells(s: PoolStep) -> list[str]:
+    aw, ql = s.acquire_wait or {}, s.query_latency or {}
+    return [
+        s.label,
+        fmt_value(s.throughput_qps),
+        *(fmt_value(aw.get(k)) for k in ("p50", "p95", "p99")),
+        f"{s.timeouts} ({_pct(s.timeout_share)})",
+        *(fmt_value(ql.get(k)) for k in ("p50", "p95", "p99")),
+        str(sum(s.errors.values())),
+        "-" if math.isnan(s.client_cpu) else f"{s.client_cpu:.2f}",
+    ]
+
+
+STEP_HEADERS = (
+    "load",
+    "q/s",
+    "acquire p50",
+    "acquire p95",
+    "acquire p99",
+    "timed out (share)",
+    "query p50",
+    "query p95",
+    "query p99",
+    "errors",
+    "client CPU",
+)
+
+
 def _pool_section(pools: Sequence[PoolView]) -> list[str]:
     out = ["<h3>Connection pools</h3>"]
     throughput = [
-        svg.Series(p.name, tuple((float(s.concurrency), s.throughput_qps) for s in p.steps))
+        svg.Series(p.name, tuple((float(s.concurrency), s.throughput_qps) for s in p.closed_steps))
         for p in pools
-        if p.steps
+        if p.closed_steps
     ]
     if throughput:
         out.append(
@@ -354,31 +445,55 @@ def _pool_section(pools: Sequence[PoolView]) -> list[str]:
             )
         )
     waits: list[svg.Series] = []
-    for p in pools:
-        for stat in ("p50", "p99"):
+    for i, p in enumerate(pools[: SERIES_PER_CHART // 2 or 1]):
+        for j, stat in enumerate(("p50", "p99")):
             pts = tuple(
                 (float(s.concurrency), float(s.acquire_wait[stat]))
-                for s in p.steps
+                for s in p.closed_steps
                 if s.acquire_wait and s.acquire_wait.get(stat) is not None
             )
             if pts:
-                waits.append(svg.Series(f"{p.name} {stat}", pts))
+                waits.append(svg.Series(f"{p.name} {stat}", pts, colour=i, dash=j, marker=i))
     if waits:
         out.append(
             _figure(
                 svg.line_chart(
                     "Acquire wait against concurrency (ms)",
-                    waits[:SERIES_PER_CHART],
+                    waits,
                     x_label="concurrent workers",
                     y_label="ms waiting for a connection",
                     x_log2=True,
                 ),
-                "Time a worker waited to get a connection from the pool, median and p99.",
+                "Time the requests that got a connection waited for it, median (solid) and "
+                "p99 (dashed), one colour per pool. Requests that gave up waiting are not in "
+                "it: the next chart and the table's 'timed out' column count them.",
+            )
+        )
+    failed = [
+        svg.Series(
+            p.name,
+            tuple((float(s.concurrency), s.failed_share * 100) for s in p.closed_steps),
+        )
+        for p in pools
+        if any(s.error_count for s in p.closed_steps)
+    ]
+    if failed:
+        out.append(
+            _figure(
+                svg.line_chart(
+                    "Failed requests against concurrency (%)",
+                    failed[:SERIES_PER_CHART],
+                    x_label="concurrent workers",
+                    y_label="% of requests timed out or failed",
+                    x_log2=True,
+                ),
+                "Share of requests that timed out waiting for a connection or failed, at each "
+                "concurrency level: the acquire-wait percentiles above leave these out.",
             )
         )
     for p in pools:
         cdf = [
-            (f"c={s.concurrency}", _samples(s.query_latency))
+            (f"c={s.concurrency}" if s.closed_loop else f"r={s.label}", _samples(s.query_latency))
             for s in p.steps
             if s.query_latency and _samples(s.query_latency)
         ]
@@ -386,33 +501,28 @@ def _pool_section(pools: Sequence[PoolView]) -> list[str]:
             out.append(
                 _figure(
                     svg.cdf_chart(
-                        f"{p.name}: query latency by concurrency, CDF",
+                        f"{p.name}: query latency by load, CDF",
                         cdf[-SERIES_PER_CHART:],
                         unit="ms",
                     ),
                     "Share of queries (acquire excluded) completed within x ms at each level.",
                 )
             )
+        cap = f" (capacity {p.capacity})" if p.capacity is not None else ""
         header = (
-            "<table><thead><tr><th>concurrency</th><th>q/s</th><th>acquire p50</th>"
-            "<th>acquire p95</th><th>acquire p99</th><th>query p50</th><th>query p95</th>"
-            "<th>query p99</th><th>timeouts</th><th>errors</th><th>client CPU</th></tr>"
-            "</thead><tbody>"
+            "<table><thead><tr>"
+            + "".join(f"<th>{escape(h)}</th>" for h in STEP_HEADERS)
+            + "</tr></thead><tbody>"
         )
-        rows = [f"<h4>{escape(p.name)}</h4>", header]
+        rows = [f"<h4>{escape(p.name)}{escape(cap)}</h4>", header]
         for s in p.steps:
-            aw, ql = s.acquire_wait or {}, s.query_latency or {}
-            cells = [
-                str(s.concurrency),
-                fmt_value(s.throughput_qps),
-                *(fmt_value(aw.get(k)) for k in ("p50", "p95", "p99")),
-                *(fmt_value(ql.get(k)) for k in ("p50", "p95", "p99")),
-                str(s.timeouts),
-                str(sum(s.errors.values())),
-                "-" if math.isnan(s.client_cpu) else f"{s.client_cpu:.2f}",
-            ]
-            rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+            rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in _step_cells(s)) + "</tr>")
         rows.append("</tbody></table>")
+        rows.append(
+            '<p class="meta">load: concurrent workers (closed loop) or requests per second '
+            "(open loop). Acquire wait covers the requests that got a connection; 'timed "
+            "out' counts those that gave up waiting, with their share of all requests.</p>"
+        )
         out += rows
     return out
 
@@ -450,6 +560,27 @@ def _other_section(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
                     "Share of samples at or below x.",
                 )
             )
+    return out
+
+
+def _rules_section(rule_ids: Sequence[str]) -> list[str]:
+    """The pages of the rules the findings use, rendered into the report (so the links
+    work offline), each under ``#rule-<id>``."""
+    used = list(dict.fromkeys(rule_ids))
+    pages = [(r, t) for r in used if (t := docs_text(r))]
+    if not pages:
+        return []
+    anchors = {f"{r}.md": f"#rule-{r}" for r in RULES}
+    out = ['<section id="rules"><h2>Rules</h2>']
+    for rule_id, text in pages:
+        out.append(f'<details class="rule-page" id="rule-{escape(rule_id)}">')
+        title = RULES[rule_id].title if rule_id in RULES else rule_id
+        out.append(
+            f'<summary><span class="rule">{escape(rule_id)}</span> — {escape(title)}</summary>'
+        )
+        out.append(markdown_to_html(text, anchors=anchors))
+        out.append("</details>")
+    out.append("</section>")
     return out
 
 
@@ -555,10 +686,11 @@ def render_html(report: Report) -> str:
             "</details>"
         )
         out.append("</section>")
+    out += _rules_section([f.rule for f in findings])
     out.append(
         f'<footer><p class="meta">Generated by dbprobe {escape(data["tool"]["version"])}. '
         "A location is the application's file:line that caused the finding; a test is the "
-        "pytest node id. Every finding links to its rule page.</p></footer>"
+        "pytest node id. Every finding links to its rule's page, embedded below.</p></footer>"
     )
     out.append(f"<script>{SCRIPT}</script>")
     out += ["</body>", "</html>", ""]

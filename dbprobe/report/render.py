@@ -8,6 +8,7 @@ for code-scanning annotations).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from dbprobe.errors import UsageError
 from dbprobe.report.html import render_html
 from dbprobe.report.model import Finding, Report, Severity
 from dbprobe.report.sarif import render_sarif
@@ -29,7 +31,7 @@ from dbprobe.report.views import (
     other_distributions,
     pool_view,
 )
-from dbprobe.rules import RULES, docs_url
+from dbprobe.rules import RULES, docs_link
 
 Renderer = Callable[[Report], str]
 WIDTH = 100
@@ -104,7 +106,7 @@ def _finding_lines(f: Finding, width: int) -> list[str]:
         )
     )
     if f.rule in RULES:
-        lines.append(f"    docs: {RULES[f.rule].docs}")
+        lines.append(f"    docs: {docs_link(f.rule)}")
     return lines
 
 
@@ -137,9 +139,10 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
     tables: list[tuple[str, list[str], list[list[str]]]] = []
     cold = coldstart_view(metrics)
     if cold is not None and cold.drivers:
-        present = {p for d in cold.drivers for p in d.phases}
-        phases = [p for p in _COLD_ORDER if p in present]
-        phases += sorted(present - set(phases))
+        seen = list(dict.fromkeys(p for d in cold.drivers for p in d.phases))
+        phases = [p for p in _COLD_ORDER if p in seen]
+        phases += [p for p in seen if p not in phases]
+        parts = list(dict.fromkeys(p for d in cold.drivers for p in d.parts_of_connect))
         rows = []
         for d in cold.drivers:
             total = d.total or {}
@@ -157,9 +160,10 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
                 + [_num3(fl.get(k)) for k in ("p50", "p95")]
                 + [str(fl.get("n", "-"))]
             )
+        within = f"; {'/'.join(parts)}: protocol client, within connect" if parts else ""
         tables.append(
             (
-                "COLD START (ms; phases at p50, total at p50 and p95)",
+                f"COLD START (ms; phases at p50, total at p50 and p95{within})",
                 [
                     "driver",
                     *(_COLD_LABELS.get(p, p) for p in phases),
@@ -175,34 +179,35 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
         for s in pool.steps:
             aw = s.acquire_wait or {}
             ql = s.query_latency or {}
+            share = "" if math.isnan(s.timeout_share) else f" {s.timeout_share:.0%}"
             rows.append(
                 [
-                    str(s.concurrency)
-                    if s.offered_rate is None or math.isnan(s.offered_rate)
-                    else f"{s.concurrency} @{s.offered_rate:g}/s",
+                    s.label,
                     _num3(s.throughput_qps),
                     _num3(aw.get("p50")),
                     _num3(aw.get("p95")),
                     _num3(aw.get("p99")),
+                    f"{s.timeouts}{share}",
                     _num3(ql.get("p50")),
                     _num3(ql.get("p95")),
-                    str(s.timeouts),
                     str(sum(s.errors.values())),
                     "-" if math.isnan(s.client_cpu) else f"{s.client_cpu:.2f}",
                 ]
             )
+        cap = f", capacity {pool.capacity}" if pool.capacity is not None else ""
         tables.append(
             (
-                f"POOL {pool.name} (acquire wait and query latency in ms)",
+                f"POOL {pool.name} (ms{cap}; acquire wait of the requests that got a "
+                "connection; timed out: count and share of all requests)",
                 [
-                    "workers",
+                    "load",
                     "q/s",
                     "acquire\np50",
                     "acquire\np95",
                     "acquire\np99",
+                    "timed\nout",
                     "query\np50",
                     "query\np95",
-                    "timeouts",
                     "errors",
                     "client\nCPU",
                 ],
@@ -216,8 +221,7 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             *(fmt_value(d.get(k)) for k in ("p50", "p95", "p99", "max")),
             str(d.get("unit", "")),
         ]
-        for path, d in other_distributions(metrics)
-        if d.get("n")  # an empty distribution (no timeouts, say) says nothing in a table
+        for path, d in other_distributions(metrics)  # empty ones (no timeouts) left out
     ]
     if rest:
         tables.append(("METRICS", ["metric", "n", "p50", "p95", "p99", "max", "unit"], rest))
@@ -268,6 +272,12 @@ def _clip(line: str, width: int) -> str:
 MARKDOWN_DETAILS_LIMIT = 50
 """Findings that get a collapsible evidence block in Markdown (PR comments are capped
 at 65,536 characters)."""
+MARKDOWN_EVIDENCE_CHARS = 1200
+"""Longest evidence block a finding gets in Markdown; the JSON and HTML reports keep
+all of it."""
+MARKDOWN_BUDGET = 60_000
+"""Markdown stops adding evidence blocks past this size (GitHub's comment limit is
+65,536 characters)."""
 
 
 def _strip_samples(node: Any) -> Any:
@@ -289,8 +299,18 @@ def _md_code(text: str, lang: str = "") -> list[str]:
     return [f"{fence}{lang}", text.rstrip(), fence]
 
 
+def _capped_json(value: Any, limit: int = MARKDOWN_EVIDENCE_CHARS) -> str:
+    text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    compact = json.dumps(value, default=str, ensure_ascii=False)
+    if len(compact) <= limit:
+        return compact
+    return compact[: limit - 40] + f" … ({len(compact) - limit + 40} more characters)"
+
+
 def _md_details(f: Finding, evidence: dict[str, Any]) -> list[str]:
-    from dbprobe.report.html import format_sql, plan_excerpt
+    from dbprobe.report.html import evidence_rest, format_sql, plan_excerpt
 
     body: list[str] = []
     if f.sql:
@@ -298,9 +318,15 @@ def _md_details(f: Finding, evidence: dict[str, Any]) -> list[str]:
     plan = plan_excerpt(evidence)
     if plan:
         body += ["", "Plan excerpt:", "", *_md_code(plan)]
-    numbers = {k: _strip_samples(v) for k, v in evidence.items() if "plan" not in k.lower()}
+    related = evidence.get("related")
+    if isinstance(related, list) and related:
+        names = "; ".join(
+            str(r.get("message") or r.get("rule")) for r in related if isinstance(r, dict)
+        )
+        body += ["", f"Same fix as: {names}"]
+    numbers = _strip_samples({k: v for k, v in evidence_rest(evidence).items() if k != "related"})
     if numbers:
-        body += ["", "Evidence:", "", *_md_code(json.dumps(numbers, indent=2, default=str), "json")]
+        body += ["", "Evidence:", "", *_md_code(_capped_json(numbers), "json")]
     if not body:
         return []
     where = finding_where(f)
@@ -334,16 +360,24 @@ def render_markdown(report: Report) -> str:
         out.append("| severity | rule | where | finding | fix |")
         out.append("|---|---|---|---|---|")
         for f in ordered:
-            link = f"[`{f.rule}`]({docs_url(f.rule)})" if f.rule in RULES else f"`{f.rule}`"
+            link = f"[`{f.rule}`]({docs_link(f.rule)})" if f.rule in RULES else f"`{f.rule}`"
             message = f.message + (f" (×{f.count})" if f.count is not None else "")
             cells = [f.severity.value, link, finding_where(f), message, f.recommendation]
             out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         out.append("")
+        shown = 0
+        size = sum(len(line) + 1 for line in out)
         for f, d in list(zip(ordered, data["findings"], strict=True))[:MARKDOWN_DETAILS_LIMIT]:
-            out += _md_details(f, d.get("evidence") or {})
-        if len(ordered) > MARKDOWN_DETAILS_LIMIT:
+            block = _md_details(f, d.get("evidence") or {})
+            cost = sum(len(line) + 1 for line in block)
+            if size + cost > MARKDOWN_BUDGET:
+                break
+            out += block
+            size += cost
+            shown += 1
+        if shown < len(ordered):
             out += [
-                f"_Evidence shown for the first {MARKDOWN_DETAILS_LIMIT} of {len(ordered)} "
+                f"_Evidence shown for the first {shown} of {len(ordered)} "
                 "findings; the JSON or HTML report has all of it._",
                 "",
             ]
@@ -373,25 +407,42 @@ RENDERERS: dict[str, Renderer] = {
 }
 
 
-def render(report: Report, fmt: str) -> str:
+def render(report: Report, fmt: str, *, sarif_unlocated: str | None = None) -> str:
+    """``report`` in ``fmt``; sarif_unlocated: ``anchor`` or ``drop`` (SARIF only, see
+    :func:`dbprobe.report.sarif.sarif_log`)."""
     try:
         renderer = RENDERERS[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r} (choose {', '.join(RENDERERS)})") from None
+    if fmt == "sarif":
+        return render_sarif(report, unlocated=sarif_unlocated)
     return renderer(report)
 
 
-def write_report(report: Report, fmt: str, output: str | Path | None) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (through a temporary file beside
+    it), creating missing folders; :class:`UsageError` ``cannot write …`` (one line)
+    when the file system refuses."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_report(
+    report: Report, fmt: str, output: str | Path | None, *, sarif_unlocated: str | None = None
+) -> None:
     """Render ``report`` to ``output`` (a path) or standard output."""
     import sys
 
-    text = render(report, fmt)
+    text = render(report, fmt, sarif_unlocated=sarif_unlocated)
     if output in (None, "", "-"):
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    path = Path(str(output))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(Path(str(output)), text)

@@ -27,10 +27,22 @@ PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 64, 16, 34, 46
 
 @dataclasses.dataclass(frozen=True)
 class Series:
-    """One line of a chart: a label and its ``(x, y)`` points."""
+    """One line of a chart: a label and its ``(x, y)`` points; colour, dash and marker
+    are indexes into the palette, dash patterns and marker shapes (default: the
+    series' position), so related series can share a colour and differ by dash."""
 
     label: str
     points: tuple[tuple[float, float], ...]
+    colour: int | None = None
+    dash: int | None = None
+    marker: int | None = None
+
+    def style(self, position: int) -> tuple[str, str, str]:
+        """``(colour, dash pattern, marker shape)`` of this series at ``position``."""
+        c = position if self.colour is None else self.colour
+        d = position if self.dash is None else self.dash
+        m = position if self.marker is None else self.marker
+        return PALETTE[c % len(PALETTE)], DASHES[d % len(DASHES)], MARKERS[m % len(MARKERS)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +140,15 @@ def _marker(kind: str, x: float, y: float, colour: str) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}"/>'
 
 
-def _legend(labels: Sequence[str], y: float, *, lines: bool = True) -> tuple[list[str], float]:
-    """A legend laid out left to right, wrapping; returns its elements and its height."""
+def _legend(
+    labels: Sequence[str],
+    y: float,
+    *,
+    lines: bool = True,
+    styles: Sequence[tuple[str, str, str]] | None = None,
+) -> tuple[list[str], float]:
+    """A legend laid out left to right, wrapping; returns its elements and its height.
+    styles: ``(colour, dash, marker)`` per label (default: by position)."""
     out: list[str] = []
     x, row_h = float(PAD_LEFT), 18.0
     height = row_h
@@ -139,15 +158,18 @@ def _legend(labels: Sequence[str], y: float, *, lines: bool = True) -> tuple[lis
             x = PAD_LEFT
             y += row_h
             height += row_h
-        colour = PALETTE[i % len(PALETTE)]
+        colour, dash, marker = (
+            styles[i]
+            if styles
+            else (PALETTE[i % len(PALETTE)], DASHES[i % len(DASHES)], MARKERS[i % len(MARKERS)])
+        )
         if lines:
-            dash = DASHES[i % len(DASHES)]
             dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
             out.append(
                 f'<line x1="{x:.1f}" y1="{y - 4:.1f}" x2="{x + 22:.1f}" y2="{y - 4:.1f}" '
                 f'stroke="{colour}" stroke-width="2.5"{dash_attr}/>'
             )
-            out.append(_marker(MARKERS[i % len(MARKERS)], x + 11, y - 4, colour))
+            out.append(_marker(marker, x + 11, y - 4, colour))
         else:
             out.append(
                 f'<rect x="{x:.1f}" y="{y - 11:.1f}" width="14" height="12" fill="{colour}"/>'
@@ -219,7 +241,8 @@ def line_chart(
     4, … 64). The y axis starts at zero.
     """
     points = [p for s in series for p in s.points if math.isfinite(p[1])]
-    legend, legend_h = _legend([s.label for s in series], 0)
+    styles = [s.style(i) for i, s in enumerate(series)]
+    legend, legend_h = _legend([s.label for s in series], 0, styles=styles)
     plot_bottom = height - PAD_BOTTOM - legend_h
     xs_all = sorted({p[0] for p in points}) or [0.0, 1.0]
     y_hi = max((p[1] for p in points), default=1.0)
@@ -238,8 +261,7 @@ def line_chart(
     out = _open(title, desc, height)
     out += _axes(xs, ys, xticks, yticks, x_label, y_label)
     for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
-        dash = DASHES[i % len(DASHES)]
+        colour, dash, marker = styles[i]
         pts = [(xs(x), ys(y)) for x, y in s.points if math.isfinite(y)]
         if not pts:
             continue
@@ -249,7 +271,7 @@ def line_chart(
             f'<polyline class="series" points="{path}" fill="none" stroke="{colour}" '
             f'stroke-width="2.5"{dash_attr}><title>{escape(s.label)}</title></polyline>'
         )
-        out += [_marker(MARKERS[i % len(MARKERS)], x, y, colour) for x, y in pts]
+        out += [_marker(marker, x, y, colour) for x, y in pts]
     out += [f'<g transform="translate(0 {plot_bottom + PAD_BOTTOM:.1f})">', *legend, "</g>"]
     out.append("</svg>")
     return "\n".join(out)

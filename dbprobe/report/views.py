@@ -10,9 +10,10 @@ Layout (DESIGN.md, shared conventions):
   ``throughput`` (q/s), ``acquire_wait`` and ``query_latency`` distributions,
   ``throughput_qps``, ``timeouts``, ``errors`` and ``client_cpu``.
 
-Metric paths are dotted; a list item that has a ``concurrency`` key is named
-``[c=N]`` (so pool steps match across runs by concurrency, not position), any
-other list item ``[i]``: ``pool.psycopg_pool.steps[c=16].acquire_wait``.
+Metric paths are dotted; a pool step is named by its load, so steps match across runs
+by load, not position: ``[c=N]`` for a closed-loop step of N workers, ``[r=R]`` for an
+open-loop step at R requests/s (``offered_rate``); any other list item is ``[i]``:
+``pool.psycopg_pool.steps[c=16].acquire_wait``, ``pool.asyncpg.steps[r=50].query_latency``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 from dbprobe.report.model import is_distribution
 
-PHASES = ("dns", "tcp", "tls", "startup", "driver_init", "first_query")
 RATE_SUFFIX = "/s"
 
 
@@ -33,9 +33,18 @@ def is_rate(unit: str | None) -> bool:
     return bool(unit) and str(unit).endswith(RATE_SUFFIX)
 
 
+def step_key(item: Mapping[str, Any]) -> str:
+    """``[r=50]`` for an open-loop step (it has an ``offered_rate``), ``[c=16]`` for a
+    closed-loop one."""
+    rate = item.get("offered_rate")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate):
+        return f"[r={rate:g}]"
+    return f"[c={item['concurrency']:g}]"
+
+
 def _item_name(index: int, item: Any) -> str:
     if isinstance(item, Mapping) and isinstance(item.get("concurrency"), (int, float)):
-        return f"[c={item['concurrency']:g}]"
+        return step_key(item)
     return f"[{index}]"
 
 
@@ -65,14 +74,77 @@ def num(value: Any) -> float:
         return math.nan
 
 
+ESTABLISH_PHASES = frozenset(
+    {
+        "dns",
+        "tcp",
+        "tls",
+        "tls_request",
+        "ssl_request",
+        "sslrequest",
+        "tls_handshake",
+        "startup",
+        "auth",
+        "server_init",
+    }
+)
+"""Phase names that are parts of establishing a connection (dns to ready), for reports
+whose ``_meta.source`` does not say which figures the protocol client measured."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ColdstartDriver:
-    """Cold-start phases of one driver: ``phases`` maps phase → distribution dict."""
+    """Cold-start phases of one driver: ``phases`` maps phase → distribution dict, in
+    the order the probe wrote them.
+
+    ``parts_of_connect``: phases that are parts of the driver's own ``connect`` figure
+    (measured next to it by dbprobe's protocol client: dns, tcp, tls, startup, or what
+    the probe calls them), so a chart must not stack them on ``connect``; read from
+    ``_meta.source`` (``"protocol"``) when the probe says, else by name.
+    """
 
     name: str
     phases: dict[str, dict[str, Any]]
     total: dict[str, Any] | None
     meta: dict[str, Any]
+    parts_of_connect: tuple[str, ...] = ()
+
+    @property
+    def sequence(self) -> list[str]:
+        """The phases that follow one another in a cold start as the driver timed it:
+        everything but the parts of ``connect`` (``connect``, ``driver_init``,
+        ``first_query``, ...)."""
+        return [p for p in self.phases if p not in self.parts_of_connect]
+
+    def phase_label(self, phase: str) -> str:
+        """A chart label: ``tls`` is named after what it timed when the server refused
+        TLS (the SSLRequest round trip, not a handshake)."""
+        if phase == "tls" and self.meta.get("tls_negotiation") == "sslrequest-refused":
+            return "SSLRequest (refused)"
+        return phase
+
+    def bar(self, stat: str = "p50") -> list[tuple[str, float]]:
+        """Segments of a stacked bar that adds up to the driver's own figures once:
+        with a ``connect`` figure, ``connect`` is split into the protocol client's
+        phases in their proportions (plus the driver's own share of ``connect``, when
+        the parts add up to less), then the other phases in order; without one, the
+        phases end to end. Values are each phase's ``stat`` (ms)."""
+        value = {p: num(d.get(stat)) for p, d in self.phases.items()}
+        out: list[tuple[str, float]] = []
+        connect = value.get("connect", math.nan)
+        parts = [(p, value[p]) for p in self.parts_of_connect if math.isfinite(value[p])]
+        for phase in self.sequence:
+            v = value[phase]
+            if phase == "connect" and parts and math.isfinite(connect):
+                total = sum(max(0.0, x) for _, x in parts)
+                scale = connect / total if total > connect and total > 0 else 1.0
+                out += [(self.phase_label(p), max(0.0, x) * scale) for p, x in parts]
+                if total < connect:
+                    out.append(("connect: driver's own", connect - total))
+                continue
+            if math.isfinite(v):
+                out.append((self.phase_label(phase), v))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +152,32 @@ class ColdstartView:
     drivers: list[ColdstartDriver]
     tcp_floor: dict[str, Any] | None
 
+    @property
+    def app_drivers(self) -> list[ColdstartDriver]:
+        """The application's drivers: without dbprobe's own protocol client."""
+        return [d for d in self.drivers if d.name not in NOT_DRIVERS]
+
+
+NOT_DRIVERS = frozenset({"tcp_floor", "protocol"})
+"""Cold-start nodes that are dbprobe's own reference measurements, not drivers."""
+
+
+def _parts_of_connect(node: Mapping[str, Any], phases: Mapping[str, Any]) -> tuple[str, ...]:
+    if "connect" not in phases:
+        return ()
+    meta = node.get("_meta")
+    source = meta.get("source") if isinstance(meta, Mapping) else None
+    if isinstance(source, Mapping) and source:
+        return tuple(p for p in phases if str(source.get(p, "")).startswith("protocol"))
+    return tuple(p for p in phases if p in ESTABLISH_PHASES)
+
 
 def coldstart_view(metrics: Mapping[str, Any]) -> ColdstartView | None:
-    """The cold-start section of a metrics tree, or ``None`` when there is none."""
+    """The cold-start section of a metrics tree, or ``None`` when there is none.
+
+    Phases are read generically: every distribution directly under a driver except
+    ``total`` (nested groups such as ``detail``, ``warm`` and ``process`` are not
+    phases), in the order the probe wrote them."""
     section = metrics.get("coldstart")
     if not isinstance(section, Mapping):
         return None
@@ -92,22 +187,21 @@ def coldstart_view(metrics: Mapping[str, Any]) -> ColdstartView | None:
         if not isinstance(node, Mapping) or str(name).startswith("_"):
             continue
         if name == "tcp_floor":
-            connect = node.get("connect")
-            floor = _dist(connect)
+            floor = _dist(node.get("connect"))
             continue
-        phases = {p: dict(node[p]) for p in PHASES if _dist(node.get(p)) is not None}
-        # phases beyond the standard ones, in the order the probe wrote them
-        for key, value in node.items():
-            if key not in phases and key != "total" and is_distribution(value):
-                phases[str(key)] = dict(value)
-        total = node.get("total")
+        phases = {
+            str(k): dict(v)
+            for k, v in node.items()
+            if k != "total" and not str(k).startswith("_") and _dist(v) is not None
+        }
         meta = node.get("_meta")
         drivers.append(
             ColdstartDriver(
                 name=str(name),
                 phases=phases,
-                total=_dist(total),
+                total=_dist(node.get("total")),
                 meta=dict(meta) if isinstance(meta, Mapping) else {},
+                parts_of_connect=_parts_of_connect(node, phases),
             )
         )
     if not drivers and floor is None:
@@ -115,9 +209,22 @@ def coldstart_view(metrics: Mapping[str, Any]) -> ColdstartView | None:
     return ColdstartView(drivers, floor)
 
 
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if math.isfinite(value) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolStep:
-    """One concurrency level of a pool stress run."""
+    """One load step of a pool stress run: closed loop (``concurrency`` workers) or
+    open loop (``offered_rate`` requests/s, at most ``concurrency`` in flight).
+
+    ``served``: requests that got a connection and completed (``completed``, else the
+    query-latency count); ``timeouts``: requests that gave up waiting for a connection;
+    ``errors``: other failures by kind. ``acquire_wait`` covers the served requests
+    only; :attr:`timeout_share` says how many others waited until they gave up.
+    """
 
     concurrency: int
     offered_rate: float | None
@@ -128,21 +235,54 @@ class PoolStep:
     timeouts: int
     errors: dict[str, int]
     client_cpu: float
+    served: int | None = None
+    timeout_wait: dict[str, Any] | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``[c=N]`` or ``[r=R]``, as in metric paths."""
+        return step_key({"concurrency": self.concurrency, "offered_rate": self.offered_rate})
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.offered_rate is None or math.isnan(self.offered_rate)
+
+    @property
+    def label(self) -> str:
+        """``16`` for 16 workers, ``50/s`` for an open-loop step (``≤16`` in flight)."""
+        if self.closed_loop:
+            return str(self.concurrency)
+        return f"{self.offered_rate:g}/s"
 
     @property
     def error_count(self) -> int:
+        """Failed requests: timeouts and errors."""
         return self.timeouts + sum(self.errors.values())
 
     @property
     def requests(self) -> int:
-        """Requests attempted: those that completed a query plus those that failed."""
-        served = int(self.query_latency["n"]) if self.query_latency else 0
+        """Requests attempted: those that completed plus those that failed."""
+        given = _int(self.raw.get("requests"))
+        if given is not None:
+            return given
+        served = self.served
+        if served is None:
+            served = int(self.query_latency["n"]) if self.query_latency else 0
         return served + self.error_count
 
     @property
     def error_rate(self) -> float:
         """Failed share of requests (timeouts and errors), 0..1; NaN with no requests."""
         return self.error_count / self.requests if self.requests else math.nan
+
+    failed_share = error_rate
+
+    @property
+    def timeout_share(self) -> float:
+        """Share of requests that timed out waiting for a connection, 0..1 (NaN with no
+        requests)."""
+        return self.timeouts / self.requests if self.requests else math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,13 +291,44 @@ class PoolView:
     steps: list[PoolStep]
     extra: dict[str, Any]
 
+    @property
+    def capacity(self) -> int | None:
+        """Connections the pool can hand out (``capacity``, else ``size`` +
+        ``overflow``), or ``None`` when the report does not say."""
+        cap = _int(self.extra.get("capacity"))
+        if cap is not None:
+            return cap
+        size = _int(self.extra.get("size"))
+        if size is None:
+            return None
+        return size + (_int(self.extra.get("overflow")) or 0)
+
+    @property
+    def closed_steps(self) -> list[PoolStep]:
+        return [s for s in self.steps if s.closed_loop]
+
+    @property
+    def open_steps(self) -> list[PoolStep]:
+        return [s for s in self.steps if not s.closed_loop]
+
+    def within_capacity(self, step: PoolStep, limit: int | None = None) -> bool:
+        """Whether ``step`` loads the pool at most to ``limit`` (default: its capacity):
+        a closed-loop step with no more workers than that. Without a capacity, a step
+        with no failures counts as within it. Open-loop steps count when they had no
+        failures (their rate, not their worker cap, sets the load)."""
+        cap = limit if limit is not None else self.capacity
+        if step.closed_loop and cap is not None:
+            return step.concurrency <= cap
+        return step.error_count == 0
+
 
 def _dist(node: Any) -> dict[str, Any] | None:
     return dict(node) if is_distribution(node) else None
 
 
 def pool_view(metrics: Mapping[str, Any]) -> list[PoolView]:
-    """Every pool in ``metrics["pool"]`` with its steps sorted by concurrency."""
+    """Every pool in ``metrics["pool"]``: closed-loop steps by concurrency, then
+    open-loop steps by offered rate."""
     section = metrics.get("pool")
     if not isinstance(section, Mapping):
         return []
@@ -173,35 +344,42 @@ def pool_view(metrics: Mapping[str, Any]) -> list[PoolView]:
             throughput = _dist(raw.get("throughput"))
             qps = num(raw.get("throughput_qps"))
             if math.isnan(qps) and throughput:
-                qps = num(throughput.get("p50"))
+                qps = num(throughput.get("mean"))
+            rate = raw.get("offered_rate")
             steps.append(
                 PoolStep(
                     concurrency=int(raw["concurrency"]),
-                    offered_rate=None
-                    if raw.get("offered_rate") is None
-                    else num(raw["offered_rate"]),
+                    offered_rate=None if rate is None else num(rate),
                     throughput=throughput,
                     throughput_qps=qps,
                     acquire_wait=_dist(raw.get("acquire_wait")),
                     query_latency=_dist(raw.get("query_latency")),
-                    timeouts=int(raw.get("timeouts") or 0),
+                    timeouts=_int(raw.get("timeouts")) or 0,
                     errors={str(k): int(v) for k, v in errors.items()}
                     if isinstance(errors, Mapping)
                     else {},
                     client_cpu=num(raw.get("client_cpu")),
+                    served=_int(raw.get("completed")),
+                    timeout_wait=_dist(raw.get("timeout_wait")),
+                    raw=dict(raw),
                 )
             )
-        steps.sort(key=lambda s: s.concurrency)
+        steps.sort(key=lambda s: (not s.closed_loop, s.offered_rate or 0.0, s.concurrency))
         extra = {k: v for k, v in node.items() if k != "steps"}
         pools.append(PoolView(str(name), steps, extra))
     return pools
 
 
-def other_distributions(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Distributions outside the cold-start and pool-step sections (capture, audit, …)."""
+def other_distributions(
+    metrics: Mapping[str, Any], *, with_empty: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """Distributions outside the cold-start and pool-step sections (capture, audit, …);
+    empty ones (``n`` = 0, say no timeouts) only with ``with_empty``."""
     out = []
     for path, dist in iter_distributions(metrics):
         if path.startswith("coldstart.") or (path.startswith("pool.") and ".steps[" in path):
+            continue
+        if not with_empty and not dist.get("n"):
             continue
         out.append((path, dist))
     return out
@@ -216,6 +394,31 @@ def fmt_value(value: Any) -> str:
             return f"{value:,.0f}"
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
+
+
+STACK_FRAMES = 8
+"""Frames of a stack kept in human-readable reports (the innermost application ones)."""
+
+
+def app_frames(stack: list[Any], keep: int = STACK_FRAMES) -> list[Any]:
+    """The frames of a ``path:line in function`` stack that are the application's: not
+    absolute paths (site-packages, the interpreter), not dbprobe's own; the innermost
+    ``keep`` of them, with a note of how many were left out."""
+
+    def is_app(frame: Any) -> bool:
+        text = str(frame)
+        return not (
+            text.startswith(("/", "<"))
+            or "site-packages" in text
+            or text.startswith(("dbprobe/", "dbprobe\\"))
+            or (len(text) > 2 and text[1] == ":")  # a Windows drive
+        )
+
+    mine = [f for f in stack if is_app(f)]
+    if len(mine) > keep:
+        mine = mine[-keep:]
+    dropped = len(stack) - len(mine)
+    return [*mine, f"({dropped} library or dbprobe frames left out)"] if dropped else mine
 
 
 def finding_where(finding: Any) -> str:

@@ -52,7 +52,9 @@ def test_markdown_is_a_pr_comment(sample_report: Report) -> None:
     text = render(sample_report, "markdown")
     first = text.splitlines()[0]
     assert first.startswith("### ") and "2 errors, 0 warnings, 1 info" in first
-    assert f"({docs_url('n-plus-one')})" in text
+    # rule links are repository paths (no public site to point at) unless configured
+    assert "(docs/rules/n-plus-one.md)" in text
+    assert "dbprobe.dev" not in text
     # long SQL and plans fold into <details>, with the plan rendered as text
     assert text.count("<details>") == text.count("</details>") >= 3
     assert "Seq Scan on sample_child" in text
@@ -92,7 +94,7 @@ def test_html_is_self_contained(sample_report: Report) -> None:
     assert csp and "default-src 'none'" in str(csp[0]["content"])
     # the inline script stays a few lines
     script = text.split("<script>")[1].split("</script>")[0]
-    assert len(script.strip().splitlines()) <= 10
+    assert len(script.strip().splitlines()) <= 16
     assert "@media print" in text
     # SQL formatted by sqlparse: keywords on their own lines
     assert "SELECT id\nFROM sample_child\nWHERE code = 4242" in text
@@ -130,7 +132,7 @@ def test_sarif_validates_against_the_official_schema(
     rules = run["tool"]["driver"]["rules"]
     assert [r["id"] for r in rules] == ["n-plus-one", "unindexed-lookup", "unused-index"]
     for rule in rules:
-        assert rule["helpUri"] == docs_url(rule["id"])
+        assert "helpUri" not in rule  # no base URL configured: no dead links
         assert rule["help"]["text"]
     results = run["results"]
     assert [r["level"] for r in results] == ["error", "error", "note"]
@@ -173,7 +175,16 @@ def test_sarif_fingerprints_follow_identity_not_message(
     c = log(_finding(location="app/orders.py:43", fingerprint="SELECT 1"))
     fa = a["results"][0]["partialFingerprints"]
     assert fa == b["runs"][0]["results"][0]["partialFingerprints"]
-    assert fa != c["runs"][0]["results"][0]["partialFingerprints"]
+    # moving the call site by a line keeps the alert; another file is another alert
+    assert fa == c["runs"][0]["results"][0]["partialFingerprints"]
+    e = log(_finding(location="app/items.py:42", fingerprint="SELECT 1"))["runs"][0]
+    assert fa != e["results"][0]["partialFingerprints"]
+    # two equal findings in one file stay two alerts
+    two = log(
+        _finding(location="app/orders.py:42", fingerprint="SELECT 1"),
+        _finding(location="app/orders.py:90", fingerprint="SELECT 1"),
+    )["runs"][0]["results"]
+    assert two[0]["partialFingerprints"] != two[1]["partialFingerprints"]
     # a finding raised in a test without a code location points at the test file
     d = log(_finding(test="tests/test_orders.py::test_list[2]"))["runs"][0]["results"][0]
     assert d["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == (
@@ -188,12 +199,17 @@ def test_sarif_paths(tmp_path: Path) -> None:
     assert split_location("orders.py") is None
     assert split_location("orders.py:0") is None
     inside = tmp_path / "app" / "my orders.py"
-    assert artifact_location(str(inside), cwd=tmp_path) == {
+    assert artifact_location(str(inside), root=tmp_path) == {
         "uri": "app/my%20orders.py",
         "uriBaseId": "%SRCROOT%",
     }
-    assert artifact_location("/elsewhere/x.py", cwd=tmp_path)["uri"] == "file:///elsewhere/x.py"
-    assert artifact_location("./app/x.py")["uri"] == "app/x.py"
+    # never an absolute file:// URI: a path outside the project is no location
+    assert artifact_location("/elsewhere/x.py", root=tmp_path) is None
+    assert artifact_location("../x.py", root=tmp_path) is None
+    assert artifact_location("./app/x.py", root=tmp_path) == {
+        "uri": "app/x.py",
+        "uriBaseId": "%SRCROOT%",
+    }
 
 
 def test_empty_report_renders_everywhere() -> None:
@@ -203,3 +219,18 @@ def test_empty_report_renders_everywhere() -> None:
         assert text.strip()
     assert "No findings." in render(r, "html")
     assert re.search(r"0 errors, 0 warnings, 0 info", render(r, "markdown"))
+
+
+def test_rule_links_follow_a_configured_docs_url(
+    sample_report: Report, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBPROBE_DOCS_URL", "https://docs.example.org/rules/")
+    assert docs_url("n-plus-one") == "https://docs.example.org/rules/n-plus-one.md"
+    rules = sarif_log(sample_report)["runs"][0]["tool"]["driver"]["rules"]
+    assert all(r["helpUri"] == docs_url(r["id"]) for r in rules)
+    assert "(https://docs.example.org/rules/n-plus-one.md)" in render(sample_report, "markdown")
+    monkeypatch.delenv("DBPROBE_DOCS_URL")
+    assert docs_url("n-plus-one") is None
+    # the HTML report embeds the pages of the rules it uses, linked by anchor
+    html = render(sample_report, "html")
+    assert 'id="rule-n-plus-one"' in html and 'href="#rule-n-plus-one"' in html
