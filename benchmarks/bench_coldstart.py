@@ -15,6 +15,7 @@ p50s. Prints machine info, versions and the load average, then Markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -81,11 +82,14 @@ def bench_variant(
         out["version"] = pg.version
         db = pg.create_database("bench")
         env = dict(os.environ, PGPASSWORD=PASSWORD)
+        target = parse_url(pg.dsn(db)).with_options(sslmode=spec["sslmode"])
+        url = target.libpq_dsn()
+        # pgbench gets the password from PGPASSWORD, never on its command line (ps shows it)
+        pgbench_dsn = dataclasses.replace(target, password=None).libpq_dsn()
         subprocess.run(
-            [binary, "-i", "-q", "-s", "1", pg.dsn(db)],
+            [binary, "-i", "-q", "-s", "1", pgbench_dsn],
             capture_output=True, env=env, timeout=300, check=True,
         )  # fmt: skip
-        url = parse_url(pg.dsn(db)).with_options(sslmode=spec["sslmode"]).libpq_dsn()
         options = ColdStartOptions(
             samples=samples, process=process, process_samples=3, pool_rounds=3
         )
@@ -103,7 +107,7 @@ def bench_variant(
                     )
                 else:
                     out["pgbench"].append(
-                        run_pgbench(binary, url, pgbench_s, spec["server"].get("password"))
+                        run_pgbench(binary, pgbench_dsn, pgbench_s, spec["server"].get("password"))
                     )
     return out
 
