@@ -693,7 +693,12 @@ def _notes(
         )
     unverified = params.sslmode not in ("verify-ca", "verify-full")
     if facts.auth_method == "password":
-        where = "inside TLS" if facts.tls_version else "WITHOUT TLS (require_auth=password)"
+        if facts.tls_version:
+            where = "inside TLS"
+        elif params.transport == "unix":
+            where = "over a unix socket"
+        else:
+            where = "WITHOUT TLS (allowed by require_auth=password)"
         notes.append(
             f"security: the server asks for the password in cleartext and it was sent {where}"
             + (

@@ -25,6 +25,8 @@ from dbprobe.urls import parse_url
 from . import hostile
 from .hostile import ScriptedPeer
 
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
 
 @pytest.fixture
 def peer(request: pytest.FixtureRequest) -> Iterator[ScriptedPeer]:

@@ -310,3 +310,34 @@ def test_cleartext_password_is_a_note_and_needs_the_opt_in(auth_server: AuthServ
     assert note in result.metrics["_meta"]["notes"]  # reaches the audit, which keeps metrics
     assert result.metrics["asyncpg"]["_meta"]["not_given_to_asyncpg"] == ["require_auth"]
     _validated(result.metrics, result.findings)
+
+
+@pytest.mark.parametrize(
+    ("host", "tls_version", "where"),
+    [
+        ("/run/postgresql", None, "over a unix socket"),
+        ("127.0.0.1", None, "WITHOUT TLS (allowed by require_auth=password)"),
+        ("127.0.0.1", "TLSv1.3", "inside TLS; the server's certificate was not verified"),
+    ],
+)
+def test_the_cleartext_note_says_how_the_password_travelled(
+    host: str, tls_version: str | None, where: str
+) -> None:
+    from dbprobe.coldstart import runner
+
+    tcp = resolve(parse_url("postgresql://u@127.0.0.1:5432/d?sslmode=require"), environ={})
+    params = dataclasses.replace(tcp, host=host)
+    assert params.transport == ("unix" if host.startswith("/") else "tcp")
+    facts = cprotocol.HandshakeFacts(
+        address=host, transport=params.transport, tls_negotiation="sslrequest",
+        tls_version=tls_version, tls_cipher=None, alpn=None, tls_session_reused=None,
+        auth_method="password", scram_iterations=None, server_version="15", backend_pid=1,
+    )  # fmt: skip
+    pre = runner._Preflight(facts, 150000, None, 0, None)
+    notes = runner._notes(ColdStartOptions(), params, pre, runner._GapClock())
+    assert any(
+        n.startswith(
+            f"security: the server asks for the password in cleartext and it was sent {where}"
+        )
+        for n in notes
+    )
