@@ -159,7 +159,9 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             )
         tables.append(
             (
-                "COLD START (ms; phases at p50, total at p50 and p95)",
+                # dns..startup: dbprobe's protocol client, paired with each driver's samples
+                "COLD START (ms; phases at p50, total at p50 and p95; "
+                "dns/tcp/tls/startup: protocol client)",
                 [
                     "driver",
                     *(_COLD_LABELS.get(p, p) for p in phases),
