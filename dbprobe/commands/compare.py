@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dbprobe.commands.common import FAIL_ON
+from dbprobe.errors import UsageError
 from dbprobe.report.render import write_text
+
+if TYPE_CHECKING:
+    from dbprobe.runs import RunStore
 
 
 @click.command()
@@ -20,8 +25,19 @@ from dbprobe.report.render import write_text
     multiple=True,
     metavar="SPEC",
     help="Regression limit, repeatable: STAT:N%, GLOB:N%, GLOB:STAT:N% or ...:off "
-    "(p95:10%, throughput:5%, pool.*.throughput:5%). Defaults: p95:10%, p99:10%, "
-    "throughput:10%.",
+    "(p95:10%, throughput:5%, failed:2%, pool.*.throughput:5%). Defaults: headline checks "
+    "coldstart.*.total:p95:25%, pool.*.query_latency:p95:25%, "
+    "pool.*.throughput:throughput:15%, failed:5% (points); 10% on the rest (information).",
+)
+@click.option(
+    "--run-noise",
+    "run_noise",
+    multiple=True,
+    metavar="[KIND=]N%",
+    help="Run-to-run variation to allow for when a side has one run, repeatable: N% for "
+    "every timing kind or coldstart=N%, latency=N%, throughput=N%, failed=N% (points). "
+    "Defaults measured on a shared 2-core machine: coldstart 42%, latency 134%, "
+    "throughput 49%, failed 2 points. Several runs a side measure it instead.",
 )
 @click.option(
     "--fail-on",
@@ -78,43 +94,40 @@ def compare(
     runs_dir: str | None,
     gate: str,
     same_machine: bool,
+    run_noise: tuple[str, ...],
     show_all: bool,
 ) -> None:
     """Compare two JSON reports: new and resolved findings, and metric regressions
     decided from the raw samples.
 
     BASE and NEW are report files or saved-run ids (N, latest, latest~K; latest~K counts
-    only the runs of the other side's command). Only the headline checks gate by
+    only the runs of the other side's command), or comma-separated lists of them: several
+    runs a side are compared through one summary per run, which measures the variation
+    between runs instead of assuming it. Only the headline checks gate by
     default, each testing "worse by more than its limit" with a bootstrap (in blocks
     for samples in time order) or a proportion test, Holm-corrected together at 5%.
     Exit 1 on a regression or a new finding at or above --fail-on; 0 otherwise; 2 on
     bad input or when the reports have nothing to compare.
     """
-    from dbprobe.compare import build_checks, compare_documents
+    from dbprobe.compare import build_checks
+    from dbprobe.compare.diff import RunNoise, compare_runs
     from dbprobe.compare.render import COMPARE_RENDERERS
-    from dbprobe.runs import RunStore, is_run_ref, load_document
+    from dbprobe.runs import RunStore
 
     checks = build_checks(thresholds)  # bad specs fail before any file is read
+    noise = RunNoise.parse(run_noise)
     store = RunStore(runs_dir)
-    # a relative saved-run id (latest~1) counts only the runs of the other side's command
-    if is_run_ref(base) and not is_run_ref(new):
-        new_doc, new_src = load_document(new, store)
-        base_doc, base_src = load_document(base, store, command=new_doc.get("command"))
-    else:
-        base_doc, base_src = load_document(base, store)
-        command = base_doc.get("command") if not is_run_ref(base) else None
-        new_doc, new_src = load_document(new, store, command=command)
-        if is_run_ref(base):
-            base_doc, base_src = load_document(base, store, command=new_doc.get("command"))
-    result = compare_documents(
-        base_doc,
-        new_doc,
+    (base_docs, base_srcs), (new_docs, new_srcs) = load_sides(base, new, store)
+    result = compare_runs(
+        base_docs,
+        new_docs,
         checks=checks,
         fail_on=fail_on,
-        base_source=base_src,
-        new_source=new_src,
+        base_sources=base_srcs,
+        new_sources=new_srcs,
         gate=gate,
         same_machine=same_machine,
+        run_noise=noise,
     )
     text = COMPARE_RENDERERS[fmt](result, show_all=show_all)
     if output in (None, "", "-"):
@@ -122,3 +135,42 @@ def compare(
     else:
         write_text(Path(str(output)), text)
     ctx.exit(result.exit_code)
+
+
+Side = tuple[list[dict[str, Any]], list[str]]
+
+
+def load_sides(base: str, new: str, store: RunStore) -> tuple[Side, Side]:
+    """Read both sides: each a report file, a saved-run id or a comma-separated list of
+    them. A relative saved-run id (``latest``, ``latest~1``) counts only the runs of the
+    command the other side's files name, so ``compare latest~1 latest`` after a pool
+    run compares two pool runs."""
+    from dbprobe.runs import is_run_ref, load_document
+
+    def refs(side: str) -> list[str]:
+        if Path(side).exists():
+            return [side]
+        items = [r.strip() for r in side.split(",") if r.strip()]
+        if not items:
+            raise UsageError(f"no report given in {side!r}")
+        return items
+
+    b_refs, n_refs = refs(base), refs(new)
+    loaded: dict[str, tuple[dict[str, Any], str]] = {}
+    for ref in (*b_refs, *n_refs):
+        if not is_run_ref(ref) and ref not in loaded:
+            loaded[ref] = load_document(ref, store)
+    commands = {str(doc.get("command")) for doc, _ in loaded.values()}
+    command = next(iter(commands)) if len(commands) == 1 else None
+    if command is None and not loaded:
+        # both sides relative: the newest run's command decides
+        first = load_document(n_refs[-1], store)
+        command = str(first[0].get("command"))
+    for ref in (*b_refs, *n_refs):
+        if ref not in loaded:
+            loaded[ref] = load_document(ref, store, command=command)
+
+    def side(items: list[str]) -> Side:
+        return [loaded[r][0] for r in items], [loaded[r][1] for r in items]
+
+    return side(b_refs), side(n_refs)

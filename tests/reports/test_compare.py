@@ -263,6 +263,9 @@ def test_cli_exit_codes(report_files: tuple[Path, Path], tmp_path: Path) -> None
         (["{other}", "{other}"], "not a dbprobe.report/1 report"),
         (["{base}", "{base}", "-t", "p95:lots"], "bad threshold 'p95:lots'"),
         (["7", "{base}"], "no saved run number 7"),
+        (["{base}", "{base}", "--run-noise", "lots"], "bad --run-noise 'lots'"),
+        (["{base}", "{cold}"], "nothing to compare"),
+        (["{base}", "{base}", "-o", "{bad}/x.txt"], "cannot write"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
@@ -270,7 +273,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/2"}))
+    cold = Report(command="coldstart")
+    cold.metrics = {"coldstart": {"psycopg": {"total": Distribution.of(range(1, 30))}}}
+    (tmp_path / "cold.json").write_text(json.dumps(cold.to_dict()))
     files = {
+        "cold": tmp_path / "cold.json",
         "base": report_files[0],
         "bad": tmp_path / "bad.json",
         "other": tmp_path / "other.json",
@@ -301,3 +308,20 @@ def test_cli_compares_saved_runs(report_files: tuple[Path, Path], tmp_path: Path
     assert doc["base"]["commit"] and len(doc["base"]["commit"]) == 40
     same = run_cli("compare", "latest~1", "1", "--runs-dir", str(runs))
     assert same.returncode == 0, same.stdout
+
+
+def test_cli_several_runs_a_side(report_files: tuple[Path, Path], tmp_path: Path) -> None:
+    base = report_files[0]
+    doc = json.loads(base.read_text())
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(doc))
+    proc = run_cli(
+        "compare", f"{base},{again}", f"{again},{base}", "--format", "json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["gating"]["runs"] == {"base": 2, "new": 2}
+    assert {c["method"] for c in out["metrics"]["changes"]} <= {"runs", "point"}
+    # one run a side: the run-to-run noise is assumed and the output says so
+    single = run_cli("compare", str(base), str(base), "--run-noise", "latency=50%", cwd=tmp_path)
+    assert single.returncode == 0 and "one run a side" in single.stdout
