@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dbprobe.report.model import Finding, Report, Target
+from dbprobe.report.model import Distribution, Finding, Report, Target
 
 log = logging.getLogger("dbprobe.demo")
 
@@ -184,6 +184,12 @@ def _capture(
             "sync": round(sum(r.duration_ns for r in slog.statements) / 1e6, 3),
             "async": round(sum(r.duration_ns for r in alog.statements) / 1e6, 3),
         },
+        # every captured application statement's latency, in the order they ran: what a
+        # query_p95_ms objective means for the application, not only the pool probe
+        "query_latency": Distribution.of(
+            r.duration_ns / 1e6
+            for r in sorted((*slog.statements, *alog.statements), key=lambda r: r.start_ns)
+        ),
     }
     return findings
 

@@ -9,8 +9,16 @@ pool_acquire_p95_ms = 2     # p95 of every pool acquire-wait distribution (per s
 pool_acquire_p99_ms = 10
 connect_p95_ms = 25         # p95 of each driver's cold-start total
 connect_p99_ms = 50
-error_rate = 0.001          # failed share of pool requests (timeouts + errors), 0..1
+error_rate = 0.001          # failed share of pool requests (timeouts + errors), 0..1 (0 allowed)
+pool_concurrency = 8        # operating concurrency: pool SLOs apply to steps up to it
 ```
+
+Pool objectives (query, acquire, error_rate) are checked only at the pool steps within
+the operating load: closed-loop steps with at most ``pool_concurrency`` workers (default:
+the pool's capacity, size + overflow) — ``dbprobe pool`` always drives past exhaustion,
+and the steps beyond it are the stress test, not the service level. Query objectives
+also cover the latency of the application's captured statements
+(``metrics.capture.query_latency``).
 
 :func:`check_slos` is pure (report in, ``slo-violation`` findings out);
 :func:`apply_slos` loads the configuration and adds the findings to a report — the one
@@ -30,7 +38,7 @@ from typing import Any
 
 from dbprobe.errors import UsageError
 from dbprobe.report.model import Finding, Report
-from dbprobe.report.views import iter_distributions, pool_view
+from dbprobe.report.views import NOT_DRIVERS, iter_distributions, pool_view
 from dbprobe.rules import RULES
 
 if sys.version_info >= (3, 11):
@@ -62,6 +70,8 @@ SLO_KINDS: dict[str, SloKind] = {
         SloKind("error_rate", "error_rate", None, "", "pool error rate"),
     )
 }
+SETTINGS = ("pool_concurrency",)
+"""Keys of ``[tool.dbprobe.slo]`` that are settings, not objectives."""
 
 RECOMMENDATIONS = {
     "query": "find the slow statements (pytest --dbprobe, pg_stat_statements) and fix their "
@@ -89,6 +99,7 @@ class Slos:
     connect_p95_ms: float | None = None
     connect_p99_ms: float | None = None
     error_rate: float | None = None
+    pool_concurrency: int | None = None
     source: str | None = None
 
     def items(self) -> list[tuple[SloKind, float]]:
@@ -107,10 +118,18 @@ class Slos:
     def from_mapping(cls, data: Mapping[str, Any], source: str | None = None) -> Slos:
         """Validate a ``[tool.dbprobe.slo]`` table; :class:`UsageError` names the bad key."""
         where = f" in {source}" if source else ""
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}
         for key, value in data.items():
+            if key == "pool_concurrency":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UsageError(
+                        f"SLO setting pool_concurrency must be a whole number of workers >= 1"
+                        f"{where}, got {value!r}"
+                    )
+                values[key] = value
+                continue
             if key not in SLO_KINDS:
-                known = ", ".join(SLO_KINDS)
+                known = ", ".join((*SLO_KINDS, *SETTINGS))
                 raise UsageError(
                     f"unknown SLO {key!r} in [tool.dbprobe.slo]{where} (known: {known})"
                 )
@@ -119,7 +138,9 @@ class Slos:
                     f"SLO {key} must be a number{where}, got {type(value).__name__} {value!r}"
                 )
             v = float(value)
-            if not math.isfinite(v) or v <= 0:
+            if key == "error_rate" and v == 0:
+                pass  # "no request may fail" is a valid objective
+            elif not math.isfinite(v) or v <= 0:
                 raise UsageError(f"SLO {key} must be a positive number{where}, got {value!r}")
             if key == "error_rate" and v > 1:
                 raise UsageError(f"SLO error_rate is a fraction 0..1{where}, got {value!r}")
@@ -164,7 +185,7 @@ def load_slos(
 
 # --- which measurements each kind of SLO reads -------------------------------------
 
-_STEP = re.compile(r"\[c=[^\]]*\]")
+_STEP = re.compile(r"\[[cr]=[^\]]*\]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +198,8 @@ class Observation:
     n: int
     concurrency: int | None = None
     healthy: bool = True  # False for a pool step with timeouts or errors
+    operating: bool = True  # False for a pool step beyond the operating load
+    samples: tuple[float, ...] = ()
 
     @property
     def group(self) -> str:
@@ -184,34 +207,32 @@ class Observation:
         return _STEP.sub("", self.metric)
 
 
-def _concurrency(path: str) -> int | None:
-    m = re.search(r"\[c=(\d+)\]", path)
-    return int(m.group(1)) if m else None
-
-
-def observations(metrics: Mapping[str, Any], kind: SloKind) -> list[Observation]:
-    """Every value in a serialised metrics tree that ``kind`` constrains."""
+def observations(
+    metrics: Mapping[str, Any], kind: SloKind, *, pool_concurrency: int | None = None
+) -> list[Observation]:
+    """Every value in a serialised metrics tree that ``kind`` constrains. Pool steps
+    beyond the operating load (``pool_concurrency`` workers, default the pool's
+    capacity; see :meth:`PoolView.within_capacity`) are marked ``operating=False``."""
     out: list[Observation] = []
-    if kind.kind == "error_rate":
-        for pool in pool_view(metrics):
-            for step in pool.steps:
-                if step.requests:
-                    out.append(
-                        Observation(
-                            f"pool.{pool.name}.steps[c={step.concurrency}].error_rate",
-                            step.error_rate,
-                            step.requests,
-                            step.concurrency,
-                            healthy=step.error_count == 0,
-                        )
+    steps: dict[str, tuple[int, bool, bool]] = {}
+    for pool in pool_view(metrics):
+        for step in pool.steps:
+            prefix = f"pool.{pool.name}.steps{step.key}"
+            operating = pool.within_capacity(step, pool_concurrency)
+            steps[prefix] = (step.concurrency, step.error_count == 0, operating)
+            if kind.kind == "error_rate" and step.requests:
+                out.append(
+                    Observation(
+                        f"{prefix}.error_rate",
+                        step.error_rate,
+                        step.requests,
+                        step.concurrency,
+                        healthy=step.error_count == 0,
+                        operating=operating,
                     )
+                )
+    if kind.kind == "error_rate":
         return out
-    unhealthy = {
-        f"pool.{p.name}.steps[c={s.concurrency}]"
-        for p in pool_view(metrics)
-        for s in p.steps
-        if s.error_count
-    }
     for path, dist in iter_distributions(metrics):
         leaf = path.rsplit(".", 1)[-1]
         if kind.kind == "query":
@@ -221,18 +242,22 @@ def observations(metrics: Mapping[str, Any], kind: SloKind) -> list[Observation]
         else:  # connect: each driver's cold-start total, not the raw TCP floor
             parts = path.split(".")
             match = len(parts) == 3 and parts[0] == "coldstart" and parts[2] == "total"
-            match = match and parts[1] != "tcp_floor"
+            match = match and parts[1] not in NOT_DRIVERS
         value = dist.get(kind.stat or "")
         if not match or value is None or str(dist.get("unit", "ms")) != "ms":
             continue
-        step_path = path.rsplit(".", 1)[0]
+        concurrency, healthy, operating = steps.get(path.rsplit(".", 1)[0], (None, True, True))
+        raw = dist.get("samples")
+        samples = tuple(float(v) for v in raw if isinstance(v, (int, float))) if raw else ()
         out.append(
             Observation(
                 path,
                 float(value),
                 int(dist.get("n") or 0),
-                _concurrency(path),
-                healthy=step_path not in unhealthy,
+                concurrency,
+                healthy=healthy,
+                operating=operating,
+                samples=samples,
             )
         )
     return out
@@ -255,8 +280,9 @@ def check_slos(report: Report | Mapping[str, Any], slos: Slos) -> list[Finding]:
     findings: list[Finding] = []
     for kind, limit in slos.items():
         groups: dict[str, list[Observation]] = {}
-        for obs in observations(metrics, kind):
-            groups.setdefault(obs.group, []).append(obs)
+        for obs in observations(metrics, kind, pool_concurrency=slos.pool_concurrency):
+            if obs.operating:
+                groups.setdefault(obs.group, []).append(obs)
         for group, items in groups.items():
             bad = [o for o in items if o.value > limit]
             if not bad:
@@ -274,6 +300,13 @@ def check_slos(report: Report | Mapping[str, Any], slos: Slos) -> list[Finding]:
             message += ")"
             if kind.stat == "p99" and worst.n < 100:
                 message += f"; p99 of only {worst.n} samples"
+            if kind.kind != "connect" and any(o.concurrency is not None for o in items):
+                load = slos.pool_concurrency
+                message += (
+                    f"; pool steps checked up to {load} workers"
+                    if load
+                    else "; pool steps checked within the pool's capacity"
+                )
             findings.append(
                 rule.finding(
                     message,
@@ -343,17 +376,48 @@ class SloSuggestion:
     basis: str
 
 
+CONFIDENCE = 0.95
+"""Confidence of the upper bound a suggested percentile objective starts from."""
+
+
+def percentile_upper_bound(
+    samples: Sequence[float], q: float, confidence: float = CONFIDENCE
+) -> float:
+    """A distribution-free upper confidence bound of the ``q``-th percentile (0..100):
+    the smallest order statistic X(k) with P(Binomial(n, q/100) <= k - 1) >= confidence,
+    so the true percentile lies below it with that confidence. With too few samples for
+    that (k > n), the largest sample. NaN without samples."""
+    data = sorted(samples)
+    n = len(data)
+    if not n:
+        return math.nan
+    p = q / 100
+    cdf = 0.0
+    for k in range(n + 1):
+        cdf += math.comb(n, k) * p**k * (1 - p) ** (n - k)
+        if cdf >= confidence:
+            return data[min(k, n - 1)]
+    return data[-1]
+
+
 def suggest_slos(
-    report: Report | Mapping[str, Any], *, headroom: float = DEFAULT_HEADROOM
+    report: Report | Mapping[str, Any],
+    *,
+    headroom: float = DEFAULT_HEADROOM,
+    pool_concurrency: int | None = None,
 ) -> list[SloSuggestion]:
     """Objectives a report's measurements meet with ``headroom`` (default 1.5×).
 
-    Rule: for each key, take the worst observed value of its statistic across the
-    distributions it applies to — ignoring pool steps that already had timeouts or
-    errors (a stress run past exhaustion is not the service level to promise) — multiply
-    by ``headroom`` and round up to a nice number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 ×
-    10^k). ``error_rate``: with no failures among N requests the observed rate is 0, so
-    the suggestion starts from the rule-of-three upper bound 3/N instead.
+    Rule: for each key, over the same measurements :func:`check_slos` reads (pool steps
+    within the operating load: ``pool_concurrency`` workers, default each pool's
+    capacity), take the worst 95% upper confidence bound of the percentile
+    (:func:`percentile_upper_bound`; the reported value when the raw samples are
+    absent), multiply by ``headroom`` and round up to a nice number (1, 1.2, 1.5, 2,
+    2.5, 3, 4, 5, 6, 8 × 10^k). The suggestion is thus at least the observed value, so
+    the report meets it, and it holds against the sampling noise of the next run. A
+    p99 objective is not suggested from fewer than 100 samples. ``error_rate``: the
+    worst step's failed share or, with few failures, the rule-of-three upper bound
+    3/N, × headroom.
     """
     if headroom < 1:
         raise UsageError(f"headroom must be at least 1 (got {headroom})")
@@ -361,35 +425,43 @@ def suggest_slos(
     metrics = doc.get("metrics") or {}
     out: list[SloSuggestion] = []
     for kind in SLO_KINDS.values():
-        items = [o for o in observations(metrics, kind) if o.healthy]
+        items = [
+            o for o in observations(metrics, kind, pool_concurrency=pool_concurrency) if o.operating
+        ]
         if kind.kind == "error_rate":
-            items = observations(metrics, kind)
-            healthy = [o for o in items if o.healthy]
-            if not healthy:
+            if not items:
                 continue
-            requests = sum(o.n for o in healthy)
-            failed = sum(o.value * o.n for o in healthy)
-            observed = failed / requests
-            upper = max(observed, 3 / requests)
+            requests = sum(o.n for o in items)
+            failed = sum(round(o.value * o.n) for o in items)
+            worst_step = max(o.value for o in items)
+            upper = max(worst_step, 3 / requests)
             value = min(1.0, nice_ceil(upper * headroom))
             basis = (
-                f"{int(failed)} failures in {requests} requests over {len(healthy)} healthy "
-                f"pool step(s); upper bound {upper:.2g} (rule of three) × {headroom:g}"
+                f"{failed} failures in {requests} requests over {len(items)} pool step(s) "
+                f"within the operating load; max(worst step {worst_step:.2g}, rule of three "
+                f"{3 / requests:.2g}) × {headroom:g}"
             )
             out.append(
-                SloSuggestion(kind.key, value, observed, "pool.*.error_rate", requests, basis)
+                SloSuggestion(
+                    kind.key, value, failed / requests, "pool.*.error_rate", requests, basis
+                )
             )
             continue
         if not items:
             continue
-        worst = max(items, key=lambda o: o.value)
-        value = nice_ceil(worst.value * headroom)
+        q = float(kind.stat[1:]) if kind.stat else 95.0
+        if q >= 99 and max(o.n for o in items) < 100:
+            continue  # a p99 of fewer than 100 samples is mostly the maximum
+        bounds = [
+            (max(o.value, percentile_upper_bound(o.samples, q)) if o.samples else o.value, o)
+            for o in items
+        ]
+        bound, worst = max(bounds, key=lambda b: b[0])
+        value = nice_ceil(bound * headroom)
         basis = (
             f"worst {kind.stat} {worst.value:.3g} ms of {len(items)} distribution(s) "
-            f"({worst.metric}, n={worst.n}) × {headroom:g}"
+            f"({worst.metric}, n={worst.n}); 95% upper bound {bound:.3g} ms × {headroom:g}"
         )
-        if kind.stat == "p99" and worst.n < 100:
-            basis += f"; p99 of only {worst.n} samples, measure more before relying on it"
         out.append(SloSuggestion(kind.key, value, worst.value, worst.metric, worst.n, basis))
     return out
 

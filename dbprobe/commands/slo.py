@@ -21,19 +21,34 @@ def slo() -> None:
     show_default=True,
     help="Multiply each observed value by this before rounding up.",
 )
+@click.option(
+    "--pool-concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Operating concurrency: suggest pool objectives from the steps up to this many "
+    "workers (default: each pool's capacity). Written into the snippet.",
+)
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None, hidden=True)
-def suggest(report: str, headroom: float, runs_dir: str | None) -> None:
+def suggest(
+    report: str, headroom: float, pool_concurrency: int | None, runs_dir: str | None
+) -> None:
     """Propose SLOs from the distributions measured in REPORT (a JSON report or a
     saved-run id), printed as a [tool.dbprobe.slo] snippet to paste into pyproject.toml.
 
-    Rule: the worst observed p95/p99 (pool steps with timeouts or errors left out)
-    × headroom, rounded up to 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k.
+    Rule: the worst 95% upper confidence bound of each p95/p99 (pool steps beyond the
+    operating concurrency left out, as `slo check` does; no p99 from fewer than 100
+    samples) × headroom, rounded up to 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k. The
+    report the suggestion comes from always meets it.
     """
     from dbprobe.runs import RunStore, load_document
     from dbprobe.slo import suggest_slos, suggestions_toml
 
     doc, source = load_document(report, RunStore(runs_dir))
-    click.echo(suggestions_toml(suggest_slos(doc, headroom=headroom), source), nl=False)
+    found = suggest_slos(doc, headroom=headroom, pool_concurrency=pool_concurrency)
+    text = suggestions_toml(found, source)
+    if pool_concurrency is not None:
+        text += f"pool_concurrency = {pool_concurrency}  # operating load of the pool objectives\n"
+    click.echo(text, nl=False)
 
 
 @slo.command()
