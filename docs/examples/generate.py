@@ -1,16 +1,20 @@
-"""Regenerate the example reports in this folder from a real run.
+"""Regenerate the example reports in this folder from two real ``dbprobe demo`` runs.
 
     python docs/examples/generate.py
 
-Starts a throwaway PostgreSQL, measures connection cold start and a psycopg_pool at
-1/2/4/8 workers, runs a real N+1 loop and EXPLAINs a real sequential scan (see
-tests/reports/samples.py), writes the report in every format, compares it with a second
-run whose pooled queries each sleep 2 ms, and takes a screenshot of the HTML report when
-chromium is installed. The numbers are this machine's, measured now.
+Runs ``dbprobe demo`` twice from the repository root (each starts a throwaway
+PostgreSQL, builds the shop fixture app with its planted problems and runs every probe:
+capture, leaks, audit, cold start, pool stress), writes the first run's report in every
+format, compares the second run with the first (two runs of the same code: the gate
+should pass), and takes a screenshot of the HTML report when chromium is installed. The
+numbers are this machine's, measured now; paths in the SARIF file are relative to the
+repository root.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from dbprobe.compare import compare_documents  # noqa: E402
 from dbprobe.compare.render import COMPARE_RENDERERS  # noqa: E402
-from dbprobe.pg import throwaway  # noqa: E402
+from dbprobe.report.model import Report  # noqa: E402
 from dbprobe.report.render import render  # noqa: E402
 from dbprobe.report.schema import validate_report  # noqa: E402
-from tests.reports.samples import build_sample_report  # noqa: E402
 
 FILES = {
     "table": "report.txt",
@@ -35,6 +38,23 @@ FILES = {
     "html": "report.html",
     "sarif": "report.sarif",
 }
+
+
+def run_demo(out: Path) -> dict[str, object]:
+    """One ``dbprobe demo`` run from the repository root; its JSON report."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbprobe.cli", "demo", "--format", "json", "-o", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        timeout=900,
+    )
+    if proc.returncode not in (0, 1):  # 1: the demo's planted problems are findings
+        raise SystemExit(f"dbprobe demo failed with exit code {proc.returncode}")
+    doc: dict[str, object] = json.loads(out.read_text(encoding="utf-8"))
+    validate_report(doc)
+    return doc
 
 
 def screenshot(page: Path, png: Path) -> bool:
@@ -68,13 +88,18 @@ def screenshot(page: Path, png: Path) -> bool:
 
 
 def main() -> None:
-    with throwaway() as pg:
-        report = build_sample_report(pg)
-        slow = build_sample_report(pg, pool_sql="SELECT pg_sleep(0.002)")
-    validate_report(report.to_dict())
-    for fmt, name in FILES.items():
-        (HERE / name).write_text(render(report, fmt), encoding="utf-8")
-    comparison = compare_documents(report.to_dict(), slow.to_dict())
+    with tempfile.TemporaryDirectory(prefix="dbprobe-examples-") as tmp:
+        first = run_demo(Path(tmp) / "first.json")
+        second = run_demo(Path(tmp) / "second.json")
+    report = Report.from_dict(first)
+    cwd = Path.cwd()
+    os.chdir(ROOT)  # SARIF paths are relative to the project root
+    try:
+        for fmt, name in FILES.items():
+            (HERE / name).write_text(render(report, fmt), encoding="utf-8")
+    finally:
+        os.chdir(cwd)
+    comparison = compare_documents(first, second, base_source="demo run 1", new_source="demo run 2")
     (HERE / "compare.txt").write_text(COMPARE_RENDERERS["table"](comparison), encoding="utf-8")
     (HERE / "compare.md").write_text(COMPARE_RENDERERS["markdown"](comparison), encoding="utf-8")
     shot = screenshot(HERE / "report.html", HERE / "report.png")
