@@ -208,6 +208,9 @@ def load_document(
         raise UsageError(f"{ref}: not a {SCHEMA_ID} report (schema={found!r})")
     from dbprobe.report.model import Report
 
+    problem = distribution_problem(doc.get("metrics"), "metrics")
+    if problem:
+        raise UsageError(f"{ref}: {problem}")
     try:
         Report.from_dict(doc)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -215,3 +218,42 @@ def load_document(
             f"{ref}: malformed {SCHEMA_ID} report ({type(exc).__name__}: {exc})"
         ) from None
     return doc, str(path)
+
+
+_DIST_NUMBERS = ("p50", "p95", "p99", "max", "min", "mean")
+
+
+def distribution_problem(node: Any, where: str) -> str | None:
+    """The first distribution under ``node`` whose fields have the wrong type, as
+    ``metrics/…/p50 is not a number``; ``None`` when every one is sound. (The same rules
+    as ``$defs/distribution`` in the report schema, without needing jsonschema.)"""
+    if isinstance(node, dict):
+        if "n" in node and "p50" in node and "p95" in node:
+            n = node.get("n")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                return f"{where}/n is not a count"
+            for key in _DIST_NUMBERS:
+                value = node.get(key)
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                ):
+                    return f"{where}/{key} is not a number"
+            samples = node.get("samples")
+            if samples is not None and (
+                not isinstance(samples, list)
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in samples)
+            ):
+                return f"{where}/samples is not a list of numbers"
+            return None
+        for key, value in node.items():
+            if str(key).startswith("_"):
+                continue
+            found = distribution_problem(value, f"{where}/{key}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = distribution_problem(value, f"{where}/{i}")
+            if found:
+                return found
+    return None

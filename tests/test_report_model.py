@@ -97,3 +97,13 @@ def test_human_formats_show_findings_and_metrics(fmt: str) -> None:
     assert "50.5" in text
     if fmt == "table":
         assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_distribution_percentiles_are_the_linear_interpolation() -> None:
+    d = Distribution.of(range(1, 101))
+    assert (d.n, d.p50, d.p95, d.p99, d.max, d.min) == (100, 50.5, 95.05, 99.01, 100, 1)
+    assert d.mean == 50.5
+    # samples kept in the order measured, and marked so
+    shuffled = Distribution.of([3.0, 1.0, 2.0])
+    assert shuffled.samples == (3.0, 1.0, 2.0) and shuffled.order == "time"
+    assert Distribution.of([3.0, 1.0, 2.0], time_ordered=False).samples == (1.0, 2.0, 3.0)

@@ -631,7 +631,7 @@ def render_html(report: Report) -> str:
             if env.get(k)
         )
         if env.get("cpus"):
-            machine += f" · {env['cpus']} CPUs"
+            machine += f" · {escape(str(env['cpus']))} CPUs"
         out.append(f'<p class="meta">machine: {machine}</p>')
     out.append("</header>")
     out.append('<section class="summary" aria-label="summary">')

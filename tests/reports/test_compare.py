@@ -274,7 +274,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/2"}))
     cold = Report(command="coldstart")
-    cold.metrics = {"coldstart": {"psycopg": {"total": Distribution.of(range(1, 30))}}}
+    cold.metrics = {"coldstart": {"pg8000": {"total": Distribution.of(range(1, 30))}}}
     (tmp_path / "cold.json").write_text(json.dumps(cold.to_dict()))
     files = {
         "cold": tmp_path / "cold.json",

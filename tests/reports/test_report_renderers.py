@@ -234,3 +234,31 @@ def test_rule_links_follow_a_configured_docs_url(
     # the HTML report embeds the pages of the rules it uses, linked by anchor
     html = render(sample_report, "html")
     assert 'id="rule-n-plus-one"' in html and 'href="#rule-n-plus-one"' in html
+
+
+def _taint(node: Any, bad: str) -> Any:
+    """Every string of a report document with ``bad`` appended, except the few fields the
+    schema constrains to fixed words."""
+    fixed = {"schema", "severity", "rule", "started_at", "unit", "order", "version"}
+    if isinstance(node, dict):
+        return {k: v if k in fixed else _taint(v, bad) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_taint(v, bad) for v in node]
+    if isinstance(node, str):
+        return node + bad
+    return node
+
+
+def test_html_escapes_every_string_of_a_loaded_document(sample_report: Report) -> None:
+    bad = "<x>\"'&"
+    doc = _taint(sample_report.to_dict(), bad)
+    doc["environment"]["cpus"] = bad  # saved runs travel as artifacts: anything goes
+    doc["notes"] = [bad]
+    pools = doc["metrics"]["pool"]
+    pools["p" + bad] = pools.pop(next(iter(pools)))
+    doc["metrics"]["extra" + bad] = {
+        "lat" + bad: dict(doc["metrics"]["coldstart"]["psycopg"]["total"])
+    }
+    text = render(Report.from_dict(doc), "html")
+    assert "<x>" not in text
+    assert "&lt;x&gt;" in text

@@ -60,3 +60,28 @@ def test_saving_something_else_is_refused(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"schema": "dbprobe.report/1", "findings": [{"rule": "x"}]}))
     with pytest.raises(UsageError, match="malformed"):
         load_document(str(bad))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("p50", "a", "psycopg/total/p50 is not a number"),
+        ("samples", ["x"], "psycopg/total/samples is not a list of numbers"),
+        ("n", "lots", "psycopg/total/n is not a count"),
+    ],
+)
+def test_junk_distributions_are_refused_with_the_field(
+    tmp_path: Path, sample_doc: dict[str, Any], field: str, value: Any, message: str
+) -> None:
+    sample_doc["metrics"]["coldstart"]["psycopg"]["total"][field] = value
+    path = tmp_path / "junk.json"
+    path.write_text(json.dumps(sample_doc))
+    with pytest.raises(UsageError) as err:
+        load_document(str(path))
+    text = str(err.value)
+    assert text.startswith(f"{path}: metrics/coldstart/") and message in text
+    # the schema refuses it too (every distribution under metrics is checked)
+    from dbprobe.errors import DbprobeError
+
+    with pytest.raises(DbprobeError):
+        validate_report(sample_doc)
