@@ -77,7 +77,7 @@ def screenshot(page: Path, png: Path) -> bool:
                 "--hide-scrollbars",
                 f"--user-data-dir={profile}",
                 f"--screenshot={png}",
-                "--window-size=1100,2400",
+                "--window-size=1100,3600",
                 page.as_uri(),
             ],
             capture_output=True,
@@ -85,6 +85,25 @@ def screenshot(page: Path, png: Path) -> bool:
             check=True,
         )
     return True
+
+
+SHOT_FINDINGS = 2
+"""Findings kept in the screenshot's page, so the measurements (cold-start phases, pool
+throughput, acquire wait and failed share) fit in the picture below them."""
+
+
+def report_screenshot(report: Report) -> bool:
+    """``report.png``: the HTML report of ``report`` with its first findings and every
+    chart (the full page is report.html)."""
+    import dataclasses
+
+    shown = dataclasses.replace(report) if dataclasses.is_dataclass(report) else report
+    shown.findings = report.sorted_findings()[:SHOT_FINDINGS]
+    shown.notes = []
+    with tempfile.TemporaryDirectory(prefix="dbprobe-shot-") as tmp:
+        page = Path(tmp) / "report.html"
+        page.write_text(render(shown, "html"), encoding="utf-8")
+        return screenshot(page, HERE / "report.png")
 
 
 def main() -> None:
@@ -102,7 +121,7 @@ def main() -> None:
     comparison = compare_documents(first, second, base_source="demo run 1", new_source="demo run 2")
     (HERE / "compare.txt").write_text(COMPARE_RENDERERS["table"](comparison), encoding="utf-8")
     (HERE / "compare.md").write_text(COMPARE_RENDERERS["markdown"](comparison), encoding="utf-8")
-    shot = screenshot(HERE / "report.html", HERE / "report.png")
+    shot = report_screenshot(report)
     sys.stderr.write(f"wrote {', '.join(FILES.values())}, compare.txt, compare.md")
     sys.stderr.write(", report.png\n" if shot else " (no chromium: no screenshot)\n")
 
