@@ -25,7 +25,7 @@ def test_rule_page(rule_id: str) -> None:
     page = ROOT / RULES[rule_id].docs
     text = page.read_text(encoding="utf-8")
     assert text.startswith(f"# {rule_id}\n")
-    for section in ("## Problem", "## Evidence", "## Fix", "## Ignore or tune"):
+    for section in ("## Problem", "## Evidence", "## Fix", "## Tune or ignore"):
         assert section in text, f"{page} lacks {section}"
     assert f"**Severity:** {RULES[rule_id].severity.value}" in text
 

@@ -21,6 +21,9 @@ def test_pages_that_exist_are_real_pages() -> None:
         text = page.read_text(encoding="utf-8")
         assert page.stem in RULES, f"{page.name} documents no registered rule"
         assert text.startswith("# ") and len(text) > 200, f"{page.name} is not a page yet"
+        headings = [line for line in text.splitlines() if line.startswith("## ")]
+        for section in ("## Problem", "## Evidence", "## Fix", "## Tune or ignore"):
+            assert section in headings, f"{page.name} lacks the section {section!r}"
         assert docs_text(page.stem) == text  # what SARIF help and HTML reports embed
 
 

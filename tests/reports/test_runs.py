@@ -85,3 +85,21 @@ def test_junk_distributions_are_refused_with_the_field(
 
     with pytest.raises(DbprobeError):
         validate_report(sample_doc)
+
+
+def test_numbering_survives_a_deleted_run_and_orders_by_number(
+    tmp_path: Path, sample_doc: dict[str, Any]
+) -> None:
+    store = RunStore(tmp_path / "runs")
+    saved = []
+    # later runs with earlier timestamps: the order is the number, not the file name
+    for stamp in ("2026-11-27T12:00:00Z", "2026-11-27T11:00:00Z", "2026-11-27T10:00:00Z"):
+        doc = json.loads(json.dumps(sample_doc))
+        doc["started_at"] = stamp
+        saved.append(store.save(doc, commit=None))
+    saved[1].path.unlink()
+    fourth = store.save(sample_doc, commit=None)
+    assert fourth.number == 4
+    assert [r.number for r in store.runs()] == [1, 3, 4]
+    assert store.resolve("latest") == fourth.path
+    assert store.resolve("latest~1") == saved[2].path
