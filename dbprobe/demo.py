@@ -80,7 +80,8 @@ def run_demo(options: DemoOptions, step: Step = lambda _msg: None) -> Report:
             findings += _coldstart(target, options.coldstart_samples, metrics, step)
         if "pool" not in options.skip:
             findings += _pool(target, options.pools, report, metrics, step)
-        report.findings = _dedupe(findings)
+        report.findings = cross_reference(_dedupe(findings))
+        report.notes += _coldstart_notes(metrics)
         metrics["demo"] = {"manifest": _manifest_coverage(report.findings, options.size)}
         report.metrics = metrics
     cov = metrics["demo"]["manifest"]
@@ -255,6 +256,45 @@ def _coldstart(target: Any, samples: int, metrics: dict[str, Any], step: Step) -
     )
     metrics.update(tree)
     return findings
+
+
+def _coldstart_notes(metrics: dict[str, Any]) -> list[str]:
+    """The cold-start probe's own notes (what its figures cover, TLS, durability)."""
+    meta = (metrics.get("coldstart") or {}).get("_meta") or {}
+    notes = meta.get("notes") if isinstance(meta, dict) else None
+    return [f"cold start: {n}" for n in notes or [] if isinstance(n, str)]
+
+
+SAME_FIX = {"unindexed-lookup": "seq-scan-heavy-table", "seq-scan-heavy-table": "unindexed-lookup"}
+"""Rules that report one missing index from two sides: a statement's plan and the
+table's scan statistics."""
+
+
+def cross_reference(findings: Sequence[Finding]) -> list[Finding]:
+    """``findings`` with ``evidence["related"]`` on each ``unindexed-lookup`` and
+    ``seq-scan-heavy-table`` finding about the same table (one problem seen from the
+    statement and from the table's statistics, fixed by the same index), naming the
+    others. Pure; the order is kept."""
+    by_table: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        if f.rule in SAME_FIX and f.table:
+            by_table.setdefault((f.rule, f.table.rsplit(".", 1)[-1]), []).append(f)
+    out = []
+    for f in findings:
+        others = (
+            by_table.get((SAME_FIX[f.rule], f.table.rsplit(".", 1)[-1]), [])
+            if f.rule in SAME_FIX and f.table
+            else []
+        )
+        if not others:
+            out.append(f)
+            continue
+        related = [
+            {"rule": o.rule, "message": f"{o.rule}: {o.message}", "location": o.location}
+            for o in others
+        ]
+        out.append(dataclasses.replace(f, evidence={**(f.evidence or {}), "related": related}))
+    return out
 
 
 def _pool(

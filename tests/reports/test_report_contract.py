@@ -135,3 +135,20 @@ def test_a_plan_given_as_text_lines_is_shown_in_html_and_markdown() -> None:
         text = render(_report(f), fmt)
         assert "Seq Scan on stock_movements" in text, fmt
         assert "Filter: (product_id = 42)" in text, fmt
+
+
+def test_one_missing_index_seen_twice_is_cross_referenced() -> None:
+    from dbprobe.demo import cross_reference
+
+    lookup = RULES["unindexed-lookup"].finding(
+        "Seq Scan on stock_movements", "CREATE INDEX …", table="stock_movements"
+    )
+    heavy = RULES["seq-scan-heavy-table"].finding(
+        "public.stock_movements read by seq scans", "CREATE INDEX …", table="public.stock_movements"
+    )
+    other = RULES["seq-scan-heavy-table"].finding("orders", "…", table="public.orders")
+    out = cross_reference([lookup, heavy, other])
+    assert out[0].evidence["related"][0]["rule"] == "seq-scan-heavy-table"
+    assert out[1].evidence["related"][0]["rule"] == "unindexed-lookup"
+    assert "related" not in out[2].evidence
+    assert "Same fix as: seq-scan-heavy-table" in render(_report(*out), "html")
