@@ -197,7 +197,7 @@ def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFix
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "POOL asyncpg (acquire wait and query latency in ms)" in out
+    assert "POOL asyncpg (ms, capacity 1;" in out and "timed" in out
     assert "2 @100/s" in out  # the open-loop row names its rate
     assert "open loop 100/s:" in out and "from the scheduled start" in out
     assert "asyncpg: peak" in out

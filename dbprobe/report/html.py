@@ -493,7 +493,10 @@ def _pool_section(pools: Sequence[PoolView]) -> list[str]:
         )
     for p in pools:
         cdf = [
-            (f"c={s.concurrency}" if s.closed_loop else f"r={s.label}", _samples(s.query_latency))
+            (
+                f"c={s.concurrency}" if s.closed_loop else f"r={s.offered_rate:g}/s",
+                _samples(s.query_latency),
+            )
             for s in p.steps
             if s.query_latency and _samples(s.query_latency)
         ]

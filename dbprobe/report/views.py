@@ -250,10 +250,11 @@ class PoolStep:
 
     @property
     def label(self) -> str:
-        """``16`` for 16 workers, ``50/s`` for an open-loop step (``≤16`` in flight)."""
+        """``16`` for 16 workers, ``16 @50/s`` for an open-loop step offered 50
+        requests/s with at most 16 in flight."""
         if self.closed_loop:
             return str(self.concurrency)
-        return f"{self.offered_rate:g}/s"
+        return f"{self.concurrency} @{self.offered_rate:g}/s"
 
     @property
     def error_count(self) -> int:
