@@ -376,3 +376,40 @@ def test_frozen_default_checks_and_last_equal_check_wins() -> None:
     assert {s for s, _ in resolve_checks("x.lat", "ms", build_checks([]))} == {"p95", "p99"}
     chosen = dict(resolve_checks("x.lat", "ms", build_checks(["p95:20%", "p95:5%"])))
     assert chosen["p95"].threshold == 0.05
+
+
+def test_frozen_findings_moved_by_a_line_stay_the_same() -> None:
+    base = _frozen("sample_base.json")
+    moved = json.loads(json.dumps(base))
+    for f in moved["findings"]:
+        if f.get("location"):
+            path, line = f["location"].rsplit(":", 1)
+            f["location"] = f"{path}:{int(line) + 1}"
+    result = compare_documents(base, moved)
+    assert result.new_findings == [] and result.resolved == []
+
+
+def test_frozen_other_machine_warns_instead_of_failing() -> None:
+    base, slow = _frozen("sample_base.json"), _frozen("sample_slow_10ms.json")
+    slow["environment"]["hostname"] = "elsewhere"
+    result = compare_documents(base, slow)
+    assert result.exit_code == 0 and result.regressions == []
+    assert any("different machines" in w and "--same-machine" in w for w in result.warnings)
+    assert compare_documents(base, slow, same_machine=True).exit_code == 1
+
+
+def test_frozen_empty_distributions_are_skipped_not_nan() -> None:
+    base = _frozen("sample_base.json")
+    empty = {"n": 0, "p50": None, "p95": None, "p99": None, "max": None, "unit": "ms"}
+    base["metrics"]["extra"] = {"timeout_wait": dict(empty), "rate": {**empty, "unit": "q/s"}}
+    result = compare_documents(base, json.loads(json.dumps(base)))
+    assert "extra.timeout_wait" in result.skipped and "extra.rate" in result.skipped
+    assert not [c for c in result.changes if c.metric.startswith("extra.")]
+    assert result.exit_code == 0
+
+
+def test_frozen_unrelated_reports_have_nothing_to_compare() -> None:
+    cold = Report(command="coldstart")
+    cold.metrics = {"coldstart": {"pg8000": {"total": Distribution.of(range(1, 30))}}}
+    with pytest.raises(UsageError, match="nothing to compare"):
+        compare_documents(_frozen("sample_base.json"), cold.to_dict())
