@@ -392,9 +392,18 @@ def percentile_upper_bound(
     if not n:
         return math.nan
     p = q / 100
+    if p <= 0:
+        return data[0]
+    if p >= 1:
+        return data[-1]
+    # the binomial probabilities in log space: math.comb(n, k) overflows a float past
+    # n ≈ 1,000
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
     cdf = 0.0
     for k in range(n + 1):
-        cdf += math.comb(n, k) * p**k * (1 - p) ** (n - k)
+        cdf += math.exp(
+            log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+        )
         if cdf >= confidence:
             return data[min(k, n - 1)]
     return data[-1]

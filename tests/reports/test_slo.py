@@ -270,4 +270,7 @@ def test_percentile_upper_bound_is_an_order_statistic() -> None:
     assert 190 < bound < 200 and bound in values
     # ten samples cannot bound a p95 beyond their maximum
     assert percentile_upper_bound(values[:10], 95) == 10.0
+    # large samples (a pool step's thousands of queries) work and tighten the bound
+    many = [float(v) for v in range(1, 20001)]
+    assert 19000 < percentile_upper_bound(many, 95) < 19100
     assert percentile_upper_bound([], 95) != percentile_upper_bound([], 95)  # NaN
