@@ -28,6 +28,7 @@ from dbprobe.coldstart import DRIVERS
 from dbprobe.coldstart.schema import validate_coldstart_metrics
 from dbprobe.errors import DbprobeError
 from dbprobe.report.model import Distribution, Severity
+from dbprobe.report.schema import validate_report
 
 DATA = Path(__file__).parent.parent / "data" / "coldstart"
 
@@ -449,6 +450,29 @@ def test_the_advice_is_for_the_phase_blamed() -> None:
 )
 def test_captured_runs_match_the_metrics_schema(name: str) -> None:
     validate_coldstart_metrics(_coldstart(name))
+    # the report schema references the metrics schema for metrics.coldstart
+    validate_report(json.loads((DATA / f"{name}.json").read_text()))
+
+
+def test_the_report_schema_checks_metrics_coldstart() -> None:
+    """A report whose metrics.coldstart breaks the layout (drivers -> phases ->
+    distributions in ms, the floor at tcp_floor.connect) is refused by the report schema
+    itself; other probes' metrics are left alone."""
+    doc = json.loads((DATA / "pg15_trust.json").read_text())
+    doc["metrics"]["pool"] = {"anything": [1, "two"]}
+    validate_report(doc)
+
+    def refused(change: Callable[[dict[str, Any]], None], where: str) -> None:
+        broken = json.loads(json.dumps(doc))
+        change(broken["metrics"]["coldstart"])
+        with pytest.raises(DbprobeError, match=where):
+            validate_report(broken)
+
+    refused(lambda t: t["psycopg"]["total"].update(unit="q/s"), "coldstart/psycopg/total/unit")
+    refused(lambda t: t["psycopg"].update(warp=t["psycopg"]["total"]), "'warp' was unexpected")
+    refused(lambda t: t["psycopg"].update(total=5), "coldstart/psycopg/total")
+    refused(lambda t: t["tcp_floor"].pop("connect"), "'connect' is a required property")
+    refused(lambda t: t.update(asyncpg=[1, 2]), "coldstart/asyncpg")
 
 
 def _broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
