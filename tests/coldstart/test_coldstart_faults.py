@@ -27,7 +27,7 @@ from .proxy import FaultProxy, client_sockets
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
-DELAY_S = 0.025
+DELAY_S = 0.04
 D = DELAY_S * 1000  # ms
 
 #: round trips (server messages waited for) of each driver's first query on a fresh
@@ -62,7 +62,7 @@ def test_injected_latency_is_a_lower_bound_of_every_phase(
     auth_server: AuthServer,
     fault_proxy: Callable[..., FaultProxy],
 ) -> None:
-    """Every server message reaches the client D = 25 ms late. With TLS the role is one
+    """Every server message reaches the client D = 40 ms late. With TLS the role is one
     only a ``hostssl`` rule admits, so every driver connection that succeeded used
     TLS. Then: the SSLRequest answer waits one message, the TLS handshake at least
     one, SCRAM's start-up three (SASL, SASLContinue, SASLFinal with ReadyForQuery),
@@ -219,8 +219,8 @@ def test_a_server_going_away_mid_run(
     assert "closed the connection" in err[0] or "connection was closed" in err[0]
     assert "sqlalchemy.dialects" not in err[0]  # the driver's error, not its wrapper's
     assert proxy.cut >= 1
-    # a pool that waits out its timeout would take timeout x size; this one stopped
-    # at the first failure
-    assert elapsed < timeout_s * pool_size
+    # stopped at the first failure: a pool that waits for its connections until its
+    # timeout (psycopg_pool's own open(wait=True)) would take at least timeout_s
+    assert elapsed < timeout_s, elapsed
     assert proxy.wait_closed() == 0
     assert client_sockets(proxy.port) == set()
