@@ -6,6 +6,8 @@ the machine: a phase that waits for k server messages takes at least k x D."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -224,3 +226,31 @@ def test_a_server_going_away_mid_run(
     assert elapsed < timeout_s, elapsed
     assert proxy.wait_closed() == 0
     assert client_sockets(proxy.port) == set()
+
+
+@pytest.mark.parametrize(("driver", "limit"), [("psycopg", 6), ("psycopg", 7), ("asyncpg", 7)])
+def test_a_pool_failure_in_the_installed_command_is_one_line(
+    driver: str,
+    limit: int,
+    auth_server: AuthServer,
+    fault_proxy: Callable[..., FaultProxy],
+) -> None:
+    """The real entry point in its own process, where logging goes to stderr (in-process
+    tests cannot see that: pytest's log capture holds the records): the pool's own
+    warnings (psycopg_pool logs every failed connection) stay off stderr; the one line
+    names the pool and the cause. How fast it stops: test_a_server_going_away_mid_run."""
+    proxy = fault_proxy(auth_server.server, accept_limit=limit)
+    url = _through(proxy, auth_server.target(sslmode="disable")).libpq_dsn()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbprobe.cli", "-q", "coldstart", url, "--driver", driver,
+         "--samples", "1", "--pool-size", "2", "--connect-timeout", "5"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"dbprobe: error: {driver} pool: ")
+    assert "closed the connection" in lines[0] or "connection was closed" in lines[0]
+    assert PASSWORD not in proc.stderr
+    assert proxy.wait_closed() == 0
