@@ -4,6 +4,7 @@ phases that add up, warm pools, fresh processes, the library entry point."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import textwrap
 from pathlib import Path
@@ -11,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from dbprobe.analysis.coldstart_verdicts import PHASES, additivity, as_distribution, median_ci
+from dbprobe.analysis.coldstart_verdicts import (
+    PHASES,
+    PROTOCOL_DETAIL,
+    additivity,
+    as_distribution,
+    median_ci,
+)
 from dbprobe.coldstart import DRIVERS, ColdStartOptions, audit_sample, run, sample
 from dbprobe.coldstart import protocol as cprotocol
 from dbprobe.coldstart.params import resolve
@@ -188,7 +195,9 @@ def test_sample_for_the_audit_raises_slow_cold_start(pg: PostgresServer) -> None
     finding = findings[0]
     assert finding.rule == "slow-cold-start"
     assert finding.fingerprint == "coldstart:psycopg"
-    assert finding.evidence["blame"]["phase"] in (*PHASES, "driver_connect")
+    # whichever phase is largest on this run: one of the phases, or a part of TLS
+    # (here the refused SSLRequest's round trip can be the largest under load)
+    assert finding.evidence["blame"]["phase"] in (*PHASES, *PROTOCOL_DETAIL, "driver_connect")
     assert "0.001 ms threshold" in finding.message
     assert finding.recommendation
     _validated(metrics["coldstart"], findings)
@@ -294,21 +303,32 @@ def test_scram_iterations_are_reported_as_the_server_set_them(auth_server: AuthS
     _validated(result.metrics, result.findings)
 
 
-def test_the_audit_sample(pg: PostgresServer, refusing_port: int) -> None:
-    """What ``dbprobe audit`` gets: five psycopg connections by default; its threshold
-    decides the finding; a server it cannot reach becomes a check-skipped finding of
-    the audit, never an exception out of it."""
+def test_the_audit_sample(
+    pg: PostgresServer, refusing_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``dbprobe audit`` gets: five psycopg connections by default; the sample's
+    threshold decides the finding, and the findings and the tree reach the audit's
+    report; a server it cannot reach becomes a check-skipped finding of the audit,
+    never an exception out of it."""
+    import dbprobe.coldstart as coldstart_package
     from dbprobe.audit.audit import AuditOptions, _coldstart_sample
     from dbprobe.commands.common import Progress
 
     target = parse_url(pg.dsn())
-    tree, findings = audit_sample(target, threshold_ms=0.001)
+    # the audit's own hook, with the sample's threshold lowered so every run is slow
+    monkeypatch.setattr(
+        coldstart_package, "audit_sample", functools.partial(audit_sample, threshold_ms=0.001)
+    )
+    report = Report(command="audit", target=Target(target.masked(), None))
+    _coldstart_sample(report, target, AuditOptions(), Progress(quiet=True))
+    tree = report.metrics["coldstart"]
     assert tree["psycopg"]["total"].n == 5
     assert tree["_meta"]["sampling"]["samples"] == 5
-    assert [f.rule for f in findings] == ["slow-cold-start"]
-    assert "over the 0.001 ms threshold" in findings[0].message
-    assert findings[0].evidence["reason"] == "p95-over-threshold"
-    _validated(tree, findings)
+    assert [f.rule for f in report.findings] == ["slow-cold-start"]
+    assert "over the 0.001 ms threshold" in report.findings[0].message
+    assert report.findings[0].evidence["reason"] == "p95-over-threshold"
+    _validated(tree, report.findings)
+    monkeypatch.undo()
     _tree, relaxed = audit_sample(target, samples=2, threshold_ms=100_000.0)
     assert all(f.evidence["reason"] != "p95-over-threshold" for f in relaxed)
     report = Report(command="audit", target=Target(target.masked(), None))
