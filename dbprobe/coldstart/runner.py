@@ -708,7 +708,10 @@ def _build_metrics(
             "scram_client_p50_ms": None if scram is None else round(scram.p50, 3),
         }
         if name in facts:
+            # what the paired protocol client negotiated with the same settings; that
+            # the driver used TLS too is what a hostssl-only pg_hba rule proves
             meta["tls_negotiation"] = facts[name].tls_negotiation
+            source["tls_negotiation"] = "protocol"
         if name in ("asyncpg", "sqlalchemy-async") and params.asyncpg_ignored():
             meta["not_given_to_asyncpg"] = params.asyncpg_ignored()
         if warm_checkout[name]:

@@ -32,7 +32,7 @@ from dbprobe.report.schema import validate_report
 from dbprobe.urls import parse_url
 
 from .conftest import AuthServer
-from .helpers import CLEARTEXT_PASSWORD, DirectTlsProxy
+from .helpers import CLEARTEXT_PASSWORD, TLS_ONLY_PASSWORD, DirectTlsProxy
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -127,13 +127,16 @@ def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
 
 
 def test_scram_and_tls_every_driver(tls_server: AuthServer) -> None:
-    target = tls_server.target(sslmode="require")
+    """A role only a ``hostssl`` rule admits: every driver connection that succeeds
+    used TLS (the negotiation reported is the paired protocol client's)."""
+    target = tls_server.target("cs_tlsonly", TLS_ONLY_PASSWORD, sslmode="require")
     result = run(target, ColdStartOptions(samples=5, warm=False))
     for name in DRIVERS:
         node = result.metrics[name]
         _assert_driver_node(node, 5, {"tcp", "tls", "startup"})
         assert node["_meta"]["auth_method"] == "scram-sha-256"
         assert node["_meta"]["tls_negotiation"] == "sslrequest"
+        assert node["_meta"]["source"]["tls_negotiation"] == "protocol"
         assert node["_meta"]["scram_iterations"] == 4096
         _assert_adds_up(node)
         # each driver keeps the protocol client's finer figures from its own pairs
