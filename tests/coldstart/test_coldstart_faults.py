@@ -78,7 +78,7 @@ def test_injected_latency_is_a_lower_bound_of_every_phase(
         target = auth_server.target("cs_tlsonly", TLS_ONLY_PASSWORD, sslmode="require")
     else:
         target = auth_server.target(sslmode="disable")
-    samples, pool_size = 3, 2
+    samples, pool_size = 5, 2
     result = run(
         _through(proxy, target),
         ColdStartOptions(drivers=drivers, samples=samples, pool_size=pool_size, pool_rounds=1),
@@ -86,8 +86,9 @@ def test_injected_latency_is_a_lower_bound_of_every_phase(
     cs = result.metrics
     validate_coldstart_metrics(cs)
     # the plan, counted by the proxy: warm-up round, floor and pairs, pools
-    assert proxy.accepted == _connections(len(drivers), samples, pool_size, tls)
-    assert cs["_meta"]["sampling"]["gc_collections"] == {"planned": 0, "unplanned": 0}
+    assert proxy.accepted == _connections(len(drivers), samples, pool_size, tls), proxy.accepted
+    collections = cs["_meta"]["sampling"]["gc_collections"]
+    assert collections == {"planned": 0, "unplanned": 0}, collections
 
     establish = 3 * D  # SCRAM: three server messages waited for
     proto = cs["protocol"]
@@ -96,15 +97,16 @@ def test_injected_latency_is_a_lower_bound_of_every_phase(
         assert _min(proto["detail"], "tls_request") >= D
         assert _min(proto["detail"], "tls_handshake") >= D
         assert _min(proto, "tls") >= 2 * D
-        assert proto["tcp"].p50 < proto["tls"].p50  # the TCP connect is not delayed
+        assert proto["tcp"].min < D <= 2 * D <= proto["tls"].min  # TCP connect: no delay
         establish += 2 * D
     else:
         assert "tls" not in proto
     assert _min(proto, "startup") >= 3 * D
     assert _min(proto, "first_query") >= D
     assert _min(proto, "total") >= establish + D
-    # the floor times the connect only, not the (delayed) close that follows it
-    assert cs["tcp_floor"]["connect"].p50 < D
+    # the floor times the connect only, not the close that follows it (the proxy
+    # delays the server's end-of-file by D, so a timed close would be >= D every time)
+    assert cs["tcp_floor"]["connect"].min < D, cs["tcp_floor"]["connect"].samples
 
     for name in drivers:
         node = cs[name]
@@ -119,7 +121,7 @@ def test_injected_latency_is_a_lower_bound_of_every_phase(
         # the phases add up: the per-pair gap is small next to what was injected
         add = additivity(node)
         assert add is not None
-        assert abs(add.gap_ms) <= 0.25 * node["total"].p50, (name, add)
+        assert abs(add.gap_ms) <= 0.25 * node["total"].p50, (name, add, node["total"].samples)
         gap = node["detail"]["connect_gap"]
         assert gap.n == samples
         assert any(g != 0.0 for g in gap.samples)  # two connections, two measurements
