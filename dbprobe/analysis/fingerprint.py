@@ -1,8 +1,11 @@
 """SQL fingerprints: one stable key per statement *shape*, cheap enough for every statement.
 
 ``normalize(sql)`` replaces literals and bind placeholders with ``?``, collapses ``IN``
-lists, ``VALUES`` tuples and ``ARRAY[...]`` literals to ``(?+)``, drops comments, folds
-case and whitespace. ``fingerprint(sql)`` is a 16-hex-digit hash of that text. Both are
+lists, ``VALUES`` tuples and ``ARRAY[...]`` literals to ``(?+)`` (also when each value
+carries a cast, as SQLAlchemy's PostgreSQL dialects send expanding IN parameters:
+``IN (%(id_1_1)s::BIGINT, ...)``), drops comments, folds case and whitespace (quoted
+identifiers keep their case). ``IS NULL`` / ``IS TRUE`` and ``ORDER BY 2`` are
+structure, not values, and stay. ``fingerprint(sql)`` is a 16-hex-digit hash of that text. Both are
 cached by the raw statement text: SQLAlchemy re-emits the same text for the same
 statement, so the cache almost always hits; a stream of never-repeating literal SQL
 misses every time and still costs only a few regular-expression passes implemented in C
@@ -33,7 +36,8 @@ __all__ = [
 # marker inside a string) is never mistaken for the other.
 _LITERALS = re.compile(
     r"""
-      (?P<str>'(?:[^']|'')*'?)                     # 'text' (E'..' leaves its e), unterminated ok
+      (?P<estr>(?<![\w$])[eE]'(?:[^'\\]|\\.|'')*'?)  # E'it\'s' (backslash escapes)
+    | (?P<str>'(?:[^']|'')*'?)                     # 'text', unterminated ok
     | (?P<dollar>\$\$.*?(?:\$\$|\Z)
        |\$(?P<tag>[A-Za-z_]\w*)\$.*?(?:\$(?P=tag)\$|\Z))     # $$..$$ and $q$..$q$
     | (?P<line>--[^\n]*)                           # -- comment
@@ -65,29 +69,68 @@ _UNARY = re.compile(
     r"(^|[(,=<>!*/%|&+\-]|\b(?:and|or|not|then|else|when|between|select|by|values|case|in|is"
     r"|like|limit|offset|return)) ?[-+]\?"
 )
-_LIST = re.compile(r"\((?:\?, )*\?\)")
+# A value in a list may carry a cast, as SQLAlchemy's PostgreSQL dialects render every
+# expanded IN parameter: ``IN (%(id_1_1)s::BIGINT, ...)``, ``IN ($1::VARCHAR, ...)``.
+_CAST = (
+    r"(?:::[a-z_]\w*(?: (?:with|without) time zone| precision| varying)?"
+    r"(?:\(\?(?:, \?)*\)|\(\?\+\))?(?:\[\])*)?"
+)
+_ITEM = r"\?" + _CAST
+_LIST = re.compile(r"\((?:" + _ITEM + r", )*" + _ITEM + r"\)")
 _LIST_RUN = re.compile(r"\(\?\+\)(?:, \(\?\+\))+")
-_ARRAY = re.compile(r"array\[(?:\?, )*\?\]")
+_ARRAY = re.compile(r"array\[(?:" + _ITEM + r", )*" + _ITEM + r"\]")
 _NEEDS_LITERAL_PASS = re.compile(r"""['"$]|--|/\*""")
+# Positions in ORDER BY / GROUP BY (``ORDER BY 2``) are column references, not values;
+# IS NULL / IS TRUE / IS FALSE are predicates, not comparisons with a value.
+_ORDINALS = re.compile(r"\b(order|group) by (\d+(?: ?, ?\d+)*)(?![\w.])")
+_ORDINAL_MARK = "\x01ord"
+_ORDINAL_RESTORE = re.compile("\x01ord(\\d+)")
+_IS_PREDICATE = re.compile(r"\bis( not)? (null|true|false|unknown)\b")
+_IS_MARK = re.compile("\x01is(n?)(null|true|false|unknown)")
+_QUOTED_MARK = re.compile("\x02([a-j]+)\x02")
 
 _CACHE_MAX = 20_000
 _cache: dict[str, tuple[str, str]] = {}
 
 
-def _literal(match: re.Match[str]) -> str:
-    kind = match.lastgroup
-    if kind in ("str", "dollar"):
-        return "?"
-    if kind in ("line", "block"):
-        return " "
-    return match.group(0).lower()  # quoted identifier: kept, case folded with the rest
+def _index_mark(index: int) -> str:
+    # Letters a-j for the digits: a mark never contains a digit or a word such as "null".
+    return "\x02" + "".join("abcdefghij"[int(d)] for d in str(index)) + "\x02"
 
 
 def _normalize_uncached(sql: str) -> str:
     text = sql
+    quoted: list[str] = []
     if _NEEDS_LITERAL_PASS.search(text) is not None:
-        text = _LITERALS.sub(_literal, text)
-    text = " ".join(_VALUES.sub("?", text.lower()).split())
+
+        def literal(match: re.Match[str]) -> str:
+            kind = match.lastgroup
+            if kind == "estr":
+                return "e?"
+            if kind in ("str", "dollar"):
+                return "?"
+            if kind in ("line", "block"):
+                return " "
+            # A quoted identifier keeps its case ("Users" and "users" are two tables):
+            # set aside until the rest is folded.
+            quoted.append(match.group(0))
+            return _index_mark(len(quoted) - 1)
+
+        text = _LITERALS.sub(literal, text)
+    text = text.lower()
+    if " by " in text:
+        text = _ORDINALS.sub(
+            lambda m: (
+                f"{m.group(1)} by "
+                + re.sub(r"\d+", lambda d: _ORDINAL_MARK + d.group(0), m.group(2))
+            ),
+            text,
+        )
+    if "is " in text:
+        text = _IS_PREDICATE.sub(
+            lambda m: "\x01is" + ("n" if m.group(1) else "") + m.group(2), text
+        )
+    text = " ".join(_VALUES.sub("?", text).split())
     if "-?" in text or "+?" in text:
         text = _UNARY.sub(r"\1 ?", text)
     if "," in text:
@@ -99,6 +142,13 @@ def _normalize_uncached(sql: str) -> str:
             text = _LIST_RUN.sub("(?+)", text)
     if "array[" in text:
         text = _ARRAY.sub("array[?+]", text)
+    if "\x01" in text:
+        text = _ORDINAL_RESTORE.sub(r"\1", text)
+        text = _IS_MARK.sub(lambda m: "is " + ("not " if m.group(1) else "") + m.group(2), text)
+    if quoted:
+        text = _QUOTED_MARK.sub(
+            lambda m: quoted[int("".join(str("abcdefghij".index(c)) for c in m.group(1)))], text
+        )
     return text.rstrip(";").strip()
 
 
@@ -200,9 +250,11 @@ def tables(normalized: str) -> tuple[str, ...]:
 
 
 _LITERALS_ONLY = re.compile(
-    r"""(?P<str>[eEnNbBxX]?'(?:[^']|'')*'?)"""
+    r"""(?P<estr>(?<![\w$])[eE]'(?:[^'\\]|\\.|'')*'?)"""  # E'..' with backslash escapes
+    r"""|(?P<str>(?:(?<![\w$])[nNbBxXuU]&?)?'(?:[^']|'')*'?)"""
     r"""|(?P<dollar>\$\$.*?(?:\$\$|\Z)|\$(?P<tag>[A-Za-z_]\w*)\$.*?(?:\$(?P=tag)\$|\Z))"""
-    r"""|(?P<ident>"(?:[^"]|"")*"?)|(?P<num>(?<![\w.$%(])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w$]))""",
+    r"""|(?P<ident>"(?:[^"]|"")*"?)"""
+    r"""|(?P<num>(?<![\w.$%:?])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?![\w$]))""",
     re.DOTALL,
 )
 

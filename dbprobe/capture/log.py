@@ -300,7 +300,8 @@ class StatementRecord:
 
     def __repr__(self) -> str:
         where = self.location() or "?"
-        return f"<StatementRecord #{self.seq} {self.duration_ms:.3f} ms {where} {self.sql[:60]!r}>"
+        sql = " ".join(redact_literals(self.sql).split())
+        return f"<StatementRecord #{self.seq} {self.duration_ms:.3f} ms {where} {sql[:60]!r}>"
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self, *, root: str | None = None, with_parameters: bool = False) -> dict[str, Any]:
