@@ -18,6 +18,7 @@ loads), writes, executemany batches, failed statements, statements inside
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -74,6 +75,7 @@ class Statement(Protocol):
     rowcount: int
     connection: int
     error: str | None
+    start_ns: int
 
     @property
     def fingerprint(self) -> str: ...
@@ -95,6 +97,7 @@ class Statement(Protocol):
 
 class Boundaries(Protocol):
     after: int
+    connection: int
 
 
 class Log(Protocol):
@@ -378,6 +381,28 @@ def n_plus_one(
     return findings
 
 
+POLL_GAP_MS = 10.0
+"""Repeats of one read from one line, with nothing else run on that connection in
+between and at least this long (milliseconds) between the end of one and the start of
+the next, are a polling loop waiting for another transaction's change: not redundant."""
+
+
+def _is_polling(group: Sequence[Statement], records: Sequence[Statement], root: str | None) -> bool:
+    starts = [getattr(r, "start_ns", 0) for r in group]
+    if not all(starts) or len({r.location(root) for r in group}) != 1:
+        return False
+    seqs = {r.seq for r in group}
+    by_seq = {r.seq: r for r in records}
+    for prev, nxt in zip(group, group[1:], strict=False):
+        gap_ms = (nxt.start_ns - (prev.start_ns + prev.duration_ns)) / 1e6
+        if gap_ms < POLL_GAP_MS:
+            return False
+        between = (by_seq[q] for q in range(prev.seq + 1, nxt.seq) if q in by_seq)
+        if any(r.connection == prev.connection and r.seq not in seqs for r in between):
+            return False
+    return True
+
+
 def redundant_queries(
     records: Sequence[Statement],
     boundaries: Iterable[Boundaries],
@@ -386,22 +411,36 @@ def redundant_queries(
     exclude: frozenset[int] = frozenset(),
 ) -> list[Finding]:
     """``redundant-query`` findings: the same statement with the same parameters at least
-    ``config.redundant_threshold`` times with no write or transaction end in between.
-    Statements whose seq is in ``exclude`` (already part of an N+1) are skipped."""
+    ``config.redundant_threshold`` times with nothing in between that could change its
+    result: no write anywhere in the scope (INSERT/UPDATE/DELETE/DDL, ``DO``, ``CALL``,
+    ``SET``, a SELECT of a function that may write) and no transaction end on the
+    connection of either execution. Reads whose result changes by itself (``random()``,
+    ``nextval()``, ``clock_timestamp()``, row locks, live statistics) and polling loops
+    are never reported. Statements whose seq is in ``exclude`` (already part of an N+1)
+    are skipped."""
+    from dbprobe.analysis.fingerprint import statement_effect
+
     rule = RULES["redundant-query"]
-    cuts = sorted(b.after for b in boundaries)
+    # Transaction ends per connection, as positions in the log.
+    ends: dict[int, list[int]] = {}
+    for boundary in boundaries:
+        ends.setdefault(getattr(boundary, "connection", 0), []).append(boundary.after)
     epoch = 0
-    cut_index = 0
-    groups: dict[tuple[str, str, Any, int], list[Statement]] = {}
+    groups: dict[tuple[str, str, Any, int], list[tuple[int, Statement]]] = {}
     for position, rec in enumerate(records):
-        while cut_index < len(cuts) and cuts[cut_index] <= position:
-            epoch += 1
-            cut_index += 1
         kind = rec.kind
-        if kind in ("insert", "update", "delete", "write", "ddl", "copy") or (
-            rec.orm is not None and rec.orm.dml
-        ):
+        if kind == "transaction":
+            # COMMIT / ROLLBACK sent as SQL: a transaction end on that connection.
+            ends.setdefault(rec.connection, []).append(position + 1)
+            continue
+        if kind != "select" or (rec.orm is not None and rec.orm.dml):
             epoch += 1  # data may have changed: a later identical read is not redundant
+            continue
+        effect = statement_effect(normalize(rec.sql))
+        if effect == "write":
+            epoch += 1
+            continue
+        if effect == "volatile":
             continue
         if rec.seq in exclude or rec.is_ignored(rule.id) or not _is_candidate_read(rec):
             continue
@@ -410,12 +449,36 @@ def redundant_queries(
         # Identical means the same text and parameters on the same database (the same
         # statement shape with other inlined literals is another statement).
         key = (rec.database, rec.sql, rec.parameter_key(), epoch)
-        groups.setdefault(key, []).append(rec)
+        groups.setdefault(key, []).append((position, rec))
+    for positions in ends.values():
+        positions.sort()
+
+    def ended_between(connection: int, after: int, upto: int) -> bool:
+        positions = ends.get(connection)
+        if not positions:
+            return False
+        index = bisect.bisect_right(positions, after)
+        return index < len(positions) and positions[index] <= upto
+
+    runs: list[list[Statement]] = []
+    for members in groups.values():
+        run: list[Statement] = []
+        last = -1
+        for position, rec in members:
+            if run and (
+                ended_between(run[-1].connection, last, position)
+                or ended_between(rec.connection, last, position)
+            ):
+                runs.append(run)
+                run = []
+            run.append(rec)
+            last = position
+        runs.append(run)
     findings = []
-    for group in groups.values():
-        fp = group[0].fingerprint
-        if len(group) < config.redundant_threshold:
+    for group in runs:
+        if len(group) < config.redundant_threshold or _is_polling(group, records, root):
             continue
+        fp = group[0].fingerprint
         sample = group[0]
         repeat = group[1]
         sites = [r.location(root) for r in group]

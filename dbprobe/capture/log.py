@@ -311,6 +311,7 @@ class StatementRecord:
             "fingerprint": self.fingerprint,
             "kind": self.kind,
             "executemany": self.executemany,
+            "start_ms": round(self.start_ns / 1e6, 6),
             "duration_ms": round(self.duration_ms, 6),
             "rowcount": self.rowcount,
             "connection": self.connection,
@@ -359,6 +360,7 @@ class StatementRecord:
         if caller:
             caller_path, _, caller_line = str(caller).rpartition(":")
             rec.caller = (caller_path, int(caller_line))
+        rec.start_ns = int(float(data.get("start_ms") or 0.0) * 1e6)
         rec.duration_ns = int(float(data.get("duration_ms") or 0.0) * 1e6)
         rec.rowcount = int(data.get("rowcount", -1))
         rec.error = data.get("error")
