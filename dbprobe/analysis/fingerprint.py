@@ -305,7 +305,7 @@ _PURE_FUNCTIONS = frozenset(
     has_schema_privilege has_column_privilege has_database_privilege obj_description
     col_description to_regclass to_regtype ifnull iif instr printf hex typeof
     likely unlikely total group_concat char unicode zeroblob quote glob
-    """.split()
+    """.split()  # noqa: SIM905
 )
 _FUNCTION_CALL = re.compile(
     r"(?<![\w.$:\x01])((?:[a-z_][\w$]*\.)?[a-z_][\w$]*|\"(?:[^\"]|\"\")+\")(?= ?\()"
@@ -319,7 +319,7 @@ _NOT_CALLS = frozenset(
     range groups tablesample only distinct union intersect except limit offset fetch
     having order group cube rollup grouping sets array row recursive materialized
     cast extract overlay position substring trim treat collate
-    """.split()
+    """.split()  # noqa: SIM905
 )  # fmt: skip
 _LOCKING = re.compile(
     r"\bfor (?:no key )?update\b|\bfor (?:key )?share\b|\bskip locked\b|\bnowait\b"
