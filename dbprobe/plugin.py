@@ -281,6 +281,8 @@ def _new_scope(state: _TestState) -> Capture:
     return Capture(
         all_threads=True,
         app_paths=state.config.app_paths,
+        library_paths=state.config.library_paths,
+        use_project_config=False,  # resolved from the rootdir's pyproject.toml already
         name=state.nodeid,
         root=state.config.root,
     )
@@ -368,7 +370,11 @@ def _describe(finding: Finding) -> str:
         lines.append(f"      parent rows loaded at {parents}")
     lines.append(f"      fix: {finding.recommendation}")
     verified = evidence.get("verified")
-    if isinstance(verified, dict) and "queries_after" in verified:
+    if isinstance(verified, dict) and verified.get("error"):
+        lines.append(
+            f"      verified: the re-run with {verified['fix']} failed: {verified['error']}"
+        )
+    elif isinstance(verified, dict) and "queries_after" in verified:
         lines.append(
             f"      verified: {verified['queries_before']} → {verified['queries_after']} "
             f"statements with {verified['fix']}"
@@ -585,6 +591,7 @@ class DbprobeSession:
 
         from dbprobe.capture.scope import Capture
         from dbprobe.capture.verify import (
+            failed,
             fixes_to_verify,
             loader_fix_applied,
             summarize,
@@ -594,17 +601,25 @@ class DbprobeSession:
         before = self.results[item.nodeid]["statements"]
         verified: dict[str, dict[str, Any]] = {}
         for finding, fix in fixes_to_verify(state.findings):
-            scope = Capture(all_threads=True, root=state.config.root)
+            scope = Capture(all_threads=True, root=state.config.root, use_project_config=False)
             self._verifying = True
             try:
                 if hasattr(item, "_initrequest"):
                     item._initrequest()
                 with loader_fix_applied([fix]), scope as after_log:
                     reports = runtestprotocol(item, nextitem=nextitem, log=False)
+            except Exception as exc:  # the re-run itself broke: report it, go on
+                verified[verification_key(finding)] = failed(fix, exc)
+                continue
             finally:
                 self._verifying = False
             summary = summarize(fix, finding, before, after_log, state.config.root)
-            summary["rerun_passed"] = all(r.passed for r in reports if r.when == "call")
+            call = [r for r in reports if r.when == "call"]
+            summary["rerun_passed"] = all(r.passed for r in call)
+            if call and not summary["rerun_passed"]:
+                crash = getattr(call[0].longrepr, "reprcrash", None)
+                message = getattr(crash, "message", "") or "the re-run failed"
+                summary["error"] = failed(fix, RuntimeError(message))["error"].partition(": ")[2]
             summary["note"] = "statements of the whole re-run test, setup and teardown included"
             verified[verification_key(finding)] = summary
         if not verified:
