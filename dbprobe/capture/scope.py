@@ -729,9 +729,13 @@ def _project_call_sites() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return config.app_paths, config.library_paths
 
 
-class IgnoreBlock(contextlib.ContextDecorator):
+class IgnoreBlock:
     """``with dbprobe.ignore():`` — statements run inside are still recorded (and
-    counted) but no detector reports them. ``rules`` limits that to some rule ids."""
+    counted) but no detector reports them. ``rules`` limits that to some rule ids.
+
+    As a decorator (``@dbprobe.ignore("n-plus-one")``) each call enters a block of its
+    own, inside the call: on an ``async def`` the block covers the coroutine's body, and
+    two threads or tasks calling the same function never share a block."""
 
     def __init__(self, *rules: str) -> None:
         self.rules = frozenset(rules) if rules else frozenset({"*"})
@@ -745,6 +749,24 @@ class IgnoreBlock(contextlib.ContextDecorator):
 
     def __exit__(self, *exc: object) -> None:
         _ignored.reset(self._tokens.pop())
+
+    def __call__(self, fn: F) -> F:
+        rules = tuple(self.rules - {"*"})
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with IgnoreBlock(*rules):
+                    return await fn(*args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with IgnoreBlock(*rules):
+                return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
 
 
 def ignore(*rules: str) -> IgnoreBlock:
