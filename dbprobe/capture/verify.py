@@ -174,13 +174,9 @@ def verify_callable(
 
 def failed(fix: LoaderFix, exc: BaseException) -> dict[str, Any]:
     """The ``verified`` evidence of a re-run that raised (literals redacted)."""
-    from dbprobe.analysis.fingerprint import redact_literals
+    from dbprobe.capture.explain import safe_error_text
 
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return {
-        "fix": fix.expression(),
-        "error": f"{type(exc).__name__}: {redact_literals(text)}"[:300],
-    }
+    return {"fix": fix.expression(), "error": safe_error_text(exc)}
 
 
 async def verify_coroutine(
