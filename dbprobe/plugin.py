@@ -420,6 +420,7 @@ class DbprobeSession:
         self.started = time.time()
         self._baseline: Any = None
         self._verifying = False
+        self._rerun_scope: Capture | None = None
 
     # -- which tests --------------------------------------------------------------------
     def _marker(self, item: pytest.Item) -> dict[str, Any]:
@@ -490,7 +491,17 @@ class DbprobeSession:
     # -- per test -----------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        if self._verifying or not self.wants(item):
+        if self._verifying:
+            # A fix re-run: only its call phase is counted, as for the test itself.
+            rerun = self._rerun_scope
+            if rerun is None:
+                return (yield)
+            rerun.start()
+            try:
+                return (yield)
+            finally:
+                rerun.stop()
+        if not self.wants(item):
             return (yield)
         state = self.state_for(item)
         scope = state.scope or _new_scope(state)
@@ -601,26 +612,36 @@ class DbprobeSession:
         before = self.results[item.nodeid]["statements"]
         verified: dict[str, dict[str, Any]] = {}
         for finding, fix in fixes_to_verify(state.findings):
-            scope = Capture(all_threads=True, root=state.config.root, use_project_config=False)
+            scope = Capture(
+                all_threads=True,
+                app_paths=state.config.app_paths,
+                library_paths=state.config.library_paths,
+                root=state.config.root,
+                use_project_config=False,
+            )
             self._verifying = True
+            self._rerun_scope = scope
             try:
                 if hasattr(item, "_initrequest"):
                     item._initrequest()
-                with loader_fix_applied([fix]), scope as after_log:
+                with loader_fix_applied([fix]):
                     reports = runtestprotocol(item, nextitem=nextitem, log=False)
             except Exception as exc:  # the re-run itself broke: report it, go on
                 verified[verification_key(finding)] = failed(fix, exc)
                 continue
             finally:
                 self._verifying = False
-            summary = summarize(fix, finding, before, after_log, state.config.root)
+                self._rerun_scope = None
+            summary = summarize(fix, finding, before, scope.log, state.config.root)
             call = [r for r in reports if r.when == "call"]
             summary["rerun_passed"] = all(r.passed for r in call)
             if call and not summary["rerun_passed"]:
                 crash = getattr(call[0].longrepr, "reprcrash", None)
                 message = getattr(crash, "message", "") or "the re-run failed"
                 summary["error"] = failed(fix, RuntimeError(message))["error"].partition(": ")[2]
-            summary["note"] = "statements of the whole re-run test, setup and teardown included"
+            summary["note"] = (
+                "statements of the test's call phase, before and after (fixtures not counted)"
+            )
             verified[verification_key(finding)] = summary
         if not verified:
             return
