@@ -197,12 +197,18 @@ Rewrite = tuple[str | None, str]
 
 def in_list_note(dialect: str, key: str, type_name: str | None) -> str:
     """What to do when the list of values is long (parameter limits per statement)."""
+    if type_name in ("NoneType", "NullType"):
+        type_name = None
     if dialect == "postgresql":
-        array = f"ARRAY({type_name})" if type_name else "ARRAY(<column type>)"
+        spelled = (
+            f'{key} == any_(bindparam("ids", ids, type_=ARRAY({type_name})))'
+            if type_name
+            else f"{key} == any_(...) with ids bound as one ARRAY of {key}'s type"
+        )
         return (
-            "with many values, bind them as one array instead of one parameter each "
-            f'({key} == any_(bindparam("ids", ids, type_={array}))): psycopg sends at most '
-            "65,535 parameters per statement and asyncpg 32,767; or split ids into chunks"
+            f"with many values, bind them as one array instead of one parameter each "
+            f"({spelled}): psycopg sends at most 65,535 parameters per statement and "
+            "asyncpg 32,767; or split ids into chunks"
         )
     return (
         "with many values, split ids into chunks of a few thousand (databases limit the "
@@ -357,7 +363,7 @@ def pk_rewrite(shape: Any, orm: Any, dialect: str) -> Rewrite:
     )
     if extra:
         advice += "; " + "; ".join(extra)
-    types = getattr(shape, "filter_types", ()) or ()
+    types = getattr(shape, "pk_types", ()) or getattr(shape, "filter_types", ()) or ()
     key_type = types[0] if len(shape.pk) == 1 and types else None
     if len(shape.pk) == 1:
         advice += "; " + in_list_note(dialect, key, key_type)

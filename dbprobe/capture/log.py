@@ -132,7 +132,7 @@ class StatementShape:
     limit / offset / having / distinct / joins: whether the statement has them (joins:
     it reads more than one table); lock: ``with_for_update(...)`` when it locks rows;
     options: its loader options as Python, options_complete: all of them could be
-    spelled.
+    spelled; pk_types: the SQL type of each primary-key column (``"BigInteger"``).
     """
 
     entity: str | None = None
@@ -153,6 +153,7 @@ class StatementShape:
     lock: str | None = None
     options: tuple[str, ...] = ()
     options_complete: bool = True
+    pk_types: tuple[str | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +175,7 @@ class StatementShape:
             "lock": self.lock,
             "options": list(self.options),
             "options_complete": self.options_complete,
+            "pk_types": list(self.pk_types),
         }
 
     @classmethod
@@ -197,6 +199,7 @@ class StatementShape:
             lock=data.get("lock"),
             options=tuple(data.get("options") or ()),
             options_complete=bool(data.get("options_complete", True)),
+            pk_types=tuple(data.get("pk_types") or ()),
         )
 
 

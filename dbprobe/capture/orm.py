@@ -376,10 +376,14 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
             break
     joins = len(final_froms) > 1 or any(type(f).__name__ == "Join" for f in final_froms)
     pk: tuple[str, ...] = ()
+    pk_types: tuple[str | None, ...] = ()
     if mapper is not None:
         pk = tuple(
             getattr(mapper.get_property_by_column(col), "key", col.key)
             for col in mapper.primary_key
+        )
+        pk_types = tuple(
+            type(getattr(col, "type", None)).__name__ or None for col in mapper.primary_key
         )
 
     def spelled_list(clauses: Any) -> tuple[str | None, ...]:
@@ -410,6 +414,7 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
         lock=spell_lock(getattr(stmt, "_for_update_arg", None)),
         options=options,
         options_complete=complete,
+        pk_types=pk_types,
     )
 
 
