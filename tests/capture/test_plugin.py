@@ -386,3 +386,76 @@ def test_explain_reports_unindexed_lookups_at_the_application_line(
     assert "(reference)" in lookup["recommendation"]
     assert "test_sku_lookup" not in found  # the indexed twin: nothing to say
     assert "test_lookups.py::test_reference_lookup" in result.stdout.str()
+
+
+INLINED = """
+from sqlalchemy import text
+
+def test_inlined_reference(session):
+    session.execute(text("SELECT * FROM stock_movements WHERE reference = 'SECRETLIT42'")).all()
+
+def test_other_statement_same_index(session):
+    session.execute(
+        text("SELECT id, quantity FROM stock_movements WHERE reference = 'OTHERLIT77'")
+    ).all()
+"""
+
+
+def test_explain_keeps_inlined_values_out_and_names_one_index_once(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(test_inlined=INLINED)
+    result = tester.runpytest(
+        "test_inlined.py", "--dbprobe", "--dbprobe-explain", "--dbprobe-report", "r.json"
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    raw = (tester.path / "r.json").read_text()
+    found = _by_test(_report(tester.path / "r.json"))
+    lookups = [
+        f
+        for name in ("test_inlined_reference", "test_other_statement_same_index")
+        for f in found.get(name, [])
+        if f["rule"] == "unindexed-lookup"
+    ]
+    assert len(lookups) == 2
+    # Both statements need the same index: one name, not ..._reference_2.
+    advice = {f["recommendation"].split(";")[0] for f in lookups}
+    assert any("ix_stock_movements_reference ON" in a for a in advice), advice
+    assert not any("_reference_2" in f["recommendation"] for f in lookups)
+    # The inlined literal values appear nowhere in the report or the terminal.
+    for secret in ("SECRETLIT42", "OTHERLIT77"):
+        assert secret not in raw
+        assert secret not in result.stdout.str()
+
+
+SETUP_HEAVY = """
+import pytest
+from sqlalchemy import text
+from conftest import run_flow
+
+@pytest.fixture
+def busy(session):
+    for _ in range(40):
+        session.execute(text("SELECT 1"))
+    yield
+    for _ in range(5):
+        session.execute(text("SELECT 2"))
+
+def test_orders_after_busy_setup(session, busy):
+    run_flow("n1-order-customer", session)
+"""
+
+
+def test_verify_fixes_counts_the_call_phase_both_times(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_setup_heavy=SETUP_HEAVY)
+    result = tester.runpytest(
+        "test_setup_heavy.py", "--dbprobe", "--dbprobe-verify-fixes", "--dbprobe-report", "r.json"
+    )
+    result.assert_outcomes(passed=1)
+    (orders,) = _by_test(_report(tester.path / "r.json"))["test_orders_after_busy_setup"]
+    min_count = MANIFEST.get("n1-order-customer").min_count
+    verified = orders["evidence"]["verified"]
+    assert verified["queries_before"] > min_count
+    assert verified["queries_after"] == 1  # the 45 fixture statements are not counted
+    assert verified["n_plus_one_remaining"] is False
+    assert f"{verified['queries_before']} → 1 statements" in result.stdout.str()
