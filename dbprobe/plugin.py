@@ -145,6 +145,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(
                 option.flag, action="append", default=None, metavar="PATH", help=option.help
             )
+            # The flag's name with underscores (dbprobe_app_path), and the plural that
+            # earlier releases documented (dbprobe_app_paths); both are read.
+            parser.addini(option.ini, option.help, type="linelist", default=None)
             parser.addini(option.ini + "s", option.help, type="linelist", default=None)
         else:
             metavar = {"int": "N", "rules": "RULES", "str": "PATH"}[option.kind]
@@ -157,11 +160,12 @@ def _raw(config: pytest.Config, option: _Option) -> tuple[Any, str] | None:
     value = config.getoption(option.dest, default=None)
     if value is not None:
         return value, option.flag
-    ini = option.ini + ("s" if option.kind == "paths" else "")
-    value = config.getini(ini)  # None when unset (every key is declared with default=None)
-    if value is None or value == []:
-        return None
-    return value, f"ini {ini}"
+    names = (option.ini, option.ini + "s") if option.kind == "paths" else (option.ini,)
+    for ini in names:
+        value = config.getini(ini)  # None when unset (every key is declared with default=None)
+        if value is not None and value != []:
+            return value, f"ini {ini}"
+    return None
 
 
 def _to_int(value: Any, where: str) -> int:

@@ -49,6 +49,9 @@ _lock = threading.RLock()
 _installed = 0
 _seq = itertools.count(1)
 _resolver = CallSiteResolver()
+# The resolver that configure_call_sites() set up (process-wide); directories a scope
+# adds (its app_paths, [tool.dbprobe]) last until the last scope stops.
+_configured_resolver = _resolver
 _perf_ns = time.perf_counter_ns
 _RECORD_ATTR = "_dbprobe_record"
 # Per compiled statement: which eager loads to watch (computed once, dropped with the
@@ -81,6 +84,13 @@ def resolver() -> CallSiteResolver:
 
 def configure_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[str] = ()) -> None:
     """Add application / library directories for call-site resolution (process-wide)."""
+    global _configured_resolver
+    _add_call_sites(app_paths, library_paths)
+    _configured_resolver = _resolver
+
+
+def _add_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[str] = ()) -> None:
+    """Add directories until the last open scope stops."""
     global _resolver
     apps = {os.path.abspath(p) for p in app_paths}
     libs = {os.path.abspath(p) for p in library_paths}
@@ -451,12 +461,13 @@ def _install() -> None:
 
 
 def _uninstall() -> None:
-    global _installed, _load_listening
+    global _installed, _load_listening, _resolver
     with _lock:
         _installed -= 1
         if _installed > 0:
             return
         _installed = 0
+        _resolver = _configured_resolver  # a scope's own directories end with it
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
@@ -560,9 +571,10 @@ class Capture:
             project = _project_call_sites()
             app_paths = (*project[0], *app_paths)
             library_paths = (*project[1], *library_paths)
-        if app_paths or library_paths:
-            configure_call_sites(app_paths, library_paths)
-        _install()
+        with _lock:
+            if app_paths or library_paths:
+                _add_call_sites(app_paths, library_paths)
+            _install()
         self._active = True
         self.log.started_ns = _perf_ns()
         if self.all_threads:

@@ -200,7 +200,7 @@ def test_fixture_and_marker(tester: pytest.Pytester) -> None:
     tester.makepyfile(
         test_budget="""
 import pytest
-from conftest import run_flow
+from conftest import MANIFEST, run_flow
 
 @pytest.mark.dbprobe(max_queries=3)
 def test_over_budget(session):
@@ -219,12 +219,17 @@ def test_fixture_assertions(session, dbprobe):
     dbprobe.reset()
     run_flow("n1-order-customer", session)
     assert [f.rule for f in dbprobe.findings] == ["n-plus-one"]
-    with pytest.raises(AssertionError, match="lazy-loaded 25 times"):
+    with pytest.raises(AssertionError, match="lazy-loaded 25 times") as info:
         dbprobe.assert_no_n_plus_one()
+    site = MANIFEST.get("n1-order-customer").resolve_location()
+    assert "fix: load it with the parent rows" in str(info.value)
+    assert "joinedload(Order.customer)" in str(info.value)
+    assert "statements:" in str(info.value) and "  26. " in str(info.value)
     with pytest.raises(AssertionError) as info:
         dbprobe.assert_max_queries(2)
     assert "26 statements ran, at most 2 expected" in str(info.value)
     assert "   1. " in str(info.value) and "  26. " in str(info.value)
+    assert str(info.value).count(site + " (recent_orders_report) [lazy Order.customer]") == 25
 
 @pytest.mark.dbprobe(enabled=False)
 def test_opted_out(session):
@@ -245,7 +250,8 @@ def test_unknown_rule_in_marker():
     assert "dbprobe: 7 statements ran, the budget is 3 (max_queries):" in out
     assert "unknown marker argument 'max_querys'" in out
     assert "marker fail_on: unknown rule id(s) n-plus-two" in out
-    assert "fixtures/shop/app/catalog.py:57 (category_tree) [lazy Category.children]" in out
+    tree = MANIFEST.get("n1-category-children").resolve_location()
+    assert f"{tree} (category_tree) [lazy Category.children]" in out
     # Without --dbprobe only the marked and fixture-using tests were captured.
     assert "3 captured tests" in out
 
@@ -332,13 +338,17 @@ def test_explain_and_verify_fixes(tester: pytest.Pytester) -> None:
     assert "26 → 1 statements with joinedload(Order.customer)" in result.stdout.str()
 
 
-def test_xdist_merges_worker_results(tester: pytest.Pytester) -> None:
+def test_xdist_merges_worker_results(tester: pytest.Pytester, shop_url: str) -> None:
     result = tester.runpytest_subprocess(
         "-n", "2", "--dbprobe", "--dbprobe-report", "r.json", "-k", "not async"
     )
     result.assert_outcomes(passed=5)
     document = _report(tester.path / "r.json")
     assert len(document["metrics"]["capture"]["tests"]) == 5
+    # The target the workers captured reaches the merged report (password masked).
+    target = document["target"]
+    assert target["url"] and shop_url.rsplit("/", 1)[1] in target["url"]
+    assert target["server_version"]
     assert len(document["findings"]) == 3
     assert "dbprobe: 3 findings in 3 of 5 captured tests" in result.stdout.str()
     # Both workers ran tests (the merged report is not one worker's).
@@ -459,3 +469,107 @@ def test_verify_fixes_counts_the_call_phase_both_times(tester: pytest.Pytester) 
     assert verified["queries_after"] == 1  # the 45 fixture statements are not counted
     assert verified["n_plus_one_remaining"] is False
     assert f"{verified['queries_before']} → 1 statements" in result.stdout.str()
+
+
+HELPER = """
+from sqlalchemy import text
+
+def product_names(session, ids):
+    out = []
+    for product_id in ids:
+        out.append(
+            session.execute(  # helper-line
+                text("SELECT name FROM products WHERE id = :id"), {"id": product_id}
+            ).scalar_one()
+        )
+    return out
+"""
+
+KNOBS = """
+import pathlib, sys
+import pytest
+from conftest import run_flow
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "vendor" / "site-packages"))
+import vendored_helper
+
+def test_helper_loop(session):
+    assert len(vendored_helper.product_names(session, range(101, 109))) == 8  # call-line
+
+@pytest.mark.dbprobe(n_plus_one_threshold=30)
+def test_marker_threshold(session):
+    run_flow("n1-order-customer", session)
+
+@pytest.mark.dbprobe(redundant_threshold=50, max_queries=100)
+def test_marker_redundant_threshold(session):
+    run_flow("redundant-category-list", session)
+
+@pytest.mark.dbprobe(verify_fixes=True, explain=True, max_queries=100)
+def test_marker_verify_and_explain(session):
+    run_flow("n1-order-customer", session)
+
+@pytest.mark.dbprobe(fail_on="n-plus-one", max_queries=100)
+def test_marker_fail_on(session):
+    run_flow("n1-get-loop", session)
+"""
+
+
+def _line_of(source: str, marker: str) -> int:
+    (number,) = [i for i, text in enumerate(source.splitlines(), 1) if marker in text]
+    return number
+
+
+def test_flags_ini_and_marker_keys_take_effect(tester: pytest.Pytester) -> None:
+    vendor = tester.path / "vendor" / "site-packages"
+    vendor.mkdir(parents=True)
+    (vendor / "vendored_helper.py").write_text(HELPER)
+    tester.makepyfile(test_knobs=KNOBS)
+    helper_at = f"vendored_helper.py:{_line_of(HELPER, 'helper-line')}"
+    call_at = f"test_knobs.py:{_line_of(KNOBS.lstrip(), 'call-line')}"  # as makepyfile writes it
+
+    # Flags: max-queries budget, app path (a directory under site-packages counts as
+    # application code only when named).
+    result = tester.runpytest(
+        "test_knobs.py", "--dbprobe", "--dbprobe-report", "r.json",
+        "--dbprobe-max-queries", "9", "--dbprobe-app-path", "vendor/site-packages",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3, failed=2)
+    out = result.stdout.str()
+    assert "dbprobe: 26 statements ran, the budget is 9 (max_queries)" in out
+    assert "FAILED test_knobs.py::test_marker_threshold" in out
+    assert "FAILED test_knobs.py::test_marker_fail_on" in out
+    found = _by_test(_report(tester.path / "r.json"))
+    (loop,) = found["test_helper_loop"]
+    assert loop["location"].endswith(helper_at)
+    assert "test_marker_threshold" not in found  # 25 lazy loads, threshold 30
+    assert "test_marker_redundant_threshold" not in found  # redundant_threshold=50
+    (verified,) = found["test_marker_verify_and_explain"]
+    assert verified["evidence"]["verified"]["queries_after"] == 1
+    assert verified["evidence"]["explain"]["relation"] == "customers"
+    assert [f["rule"] for f in found["test_marker_fail_on"]] == ["n-plus-one"]
+
+    # ini (the flag's name, dbprobe_app_path) wins over [tool.dbprobe]; a flag over ini.
+    (tester.path / "pyproject.toml").write_text(
+        "[tool.dbprobe]\nn_plus_one_threshold = 100\nmax_queries = 1\n"
+    )
+    (tester.path / "tox.ini").write_text(
+        "[pytest]\ndbprobe = true\ndbprobe_app_path = vendor/site-packages\n"
+        "dbprobe_n_plus_one_threshold = 3\ndbprobe_max_queries = 20\n"
+    )
+    result = tester.runpytest("test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json")
+    result.assert_outcomes(passed=1)
+    (loop,) = _by_test(_report(tester.path / "r.json"))["test_helper_loop"]
+    assert loop["location"].endswith(helper_at)
+    result = tester.runpytest(
+        "test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json",
+        "--dbprobe-n-plus-one-threshold", "9",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert "test_helper_loop" not in _by_test(_report(tester.path / "r.json"))
+    # Without the app path the helper is library code: the loop is the test's line.
+    (tester.path / "tox.ini").write_text("[pytest]\ndbprobe = true\n")
+    (tester.path / "pyproject.toml").write_text("[tool.dbprobe]\n")
+    result = tester.runpytest("test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json")
+    result.assert_outcomes(passed=1)
+    (loop,) = _by_test(_report(tester.path / "r.json"))["test_helper_loop"]
+    assert loop["location"].endswith(call_at)
