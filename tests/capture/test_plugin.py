@@ -573,3 +573,59 @@ def test_flags_ini_and_marker_keys_take_effect(tester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     (loop,) = _by_test(_report(tester.path / "r.json"))["test_helper_loop"]
     assert loop["location"].endswith(call_at)
+
+
+SQLITE_TESTS = """
+import pytest
+from sqlalchemy import ForeignKey, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+class Base(DeclarativeBase):
+    pass
+
+class Author(Base):
+    __tablename__ = "authors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+class Book(Base):
+    __tablename__ = "books"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+    author: Mapped[Author] = relationship()
+
+@pytest.fixture
+def session(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'books.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([Author(id=i, name=f"a{i}") for i in range(1, 6)])
+        s.add_all([Book(id=i, author_id=i) for i in range(1, 6)])
+        s.commit()
+    with Session(engine) as s:
+        yield s
+    engine.dispose()
+
+def test_books_authors(session):
+    books = session.scalars(select(Book).order_by(Book.id)).all()
+    assert len({book.author.name for book in books}) == 5  # loop-line
+"""
+
+
+def test_plugin_on_sqlite(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_sqlite=SQLITE_TESTS)
+    result = tester.runpytest(
+        "test_sqlite.py", "--dbprobe", "--dbprobe-fail-on", "n-plus-one",
+        "--dbprobe-explain", "--dbprobe-report", "r.json",
+    )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    document = _report(tester.path / "r.json")
+    (finding,) = _by_test(document)["test_books_authors"]
+    assert finding["rule"] == "n-plus-one"
+    assert finding["location"].endswith(
+        f"test_sqlite.py:{_line_of(SQLITE_TESTS.lstrip(), 'loop-line')}"
+    )
+    assert "joinedload(Book.author)" in finding["recommendation"]
+    assert "explain" not in finding["evidence"] or "error" in finding["evidence"]["explain"]
+    stats = document["metrics"]["capture"]["tests"]["test_sqlite.py::test_books_authors"]
+    assert stats["statements"] == 6
