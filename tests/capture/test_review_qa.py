@@ -69,3 +69,24 @@ def test_chained_fix_keeps_the_applications_strategy(
     # Order.items is joined by the application: the fix extends its option, it does
     # not switch the collection to selectinload.
     assert finding.evidence["fix"] == "joinedload(Order.items).joinedload(OrderItem.product)"
+
+
+def test_verification_says_when_the_fix_leaves_the_n_plus_one(
+    shop_engine: Engine, config: DbprobeConfig
+) -> None:
+    # Orders mapped from raw SQL: a joinedload cannot change that text, so the re-run
+    # with the suggested option still lazy-loads every customer.
+    raw = text("SELECT * FROM orders ORDER BY id LIMIT 8")
+
+    @dbprobe.capture(verify_fixes=True)
+    def customers_of_raw_orders() -> int:
+        with Session(shop_engine) as session:
+            orders = session.scalars(select(Order).from_statement(raw)).all()
+            return len({order.customer.email for order in orders})
+
+    assert customers_of_raw_orders() > 1
+    log = customers_of_raw_orders.dbprobe_log  # type: ignore[attr-defined]
+    (verified,) = log.verifications.values()
+    assert verified["fix"] == "joinedload(Order.customer)"
+    assert verified["n_plus_one_remaining"] is True
+    assert verified["queries_after"] == verified["queries_before"]
