@@ -293,9 +293,9 @@ def test_gathered_tasks_are_separate_activations(
         try:
             async with AsyncSession(engine) as session:
                 await session.execute(text("SELECT 1"))
-            with dbprobe.capture() as log:
-                await session.execute(text("SELECT 1"))
-                await asyncio.gather(detail(engine, 1), detail(engine, 2), detail(engine, 3))
+                with dbprobe.capture() as log:
+                    await session.execute(text("SELECT 1"))
+                    await asyncio.gather(detail(engine, 1), detail(engine, 2), detail(engine, 3))
         finally:
             await engine.dispose()
         return log
