@@ -115,7 +115,14 @@ class StatementAnalyzer:
     conn: a psycopg connection (read-only is fine unless ``verify='real'`` uses it);
     real_conn: a separate writable connection for real-index verification (default:
     ``conn`` itself when ``verify='real'``); snapshot: a catalog snapshot already read
-    (default: read on first use); statement_timeout_ms: per EXPLAIN, with SET LOCAL.
+    (default: read on first use); statement_timeout_ms: per EXPLAIN, with SET LOCAL;
+    catalog_error: the catalog could not be read (the caller tried): analyse without
+    it and do not try again.
+
+    The catalog is read at most once more, when a plan scans an application table the
+    snapshot lacks (created since); system catalogs never trigger it. A failure to read
+    it is kept in ``catalog_error`` and the statements are analysed without it (no
+    index is then known to exist: advice stands on its verification).
     """
 
     def __init__(
@@ -126,24 +133,44 @@ class StatementAnalyzer:
         snapshot: CatalogSnapshot | None = None,
         real_conn: psycopg.Connection[Any] | None = None,
         statement_timeout_ms: int | None = None,
+        catalog_error: str | None = None,
     ) -> None:
         self.options = options or AnalysisOptions()
         self.runner = ExplainRunner(conn, statement_timeout_ms=statement_timeout_ms)
         self.real_conn = real_conn
         self.statement_timeout_ms = statement_timeout_ms
         self._snapshot = snapshot
+        self.catalog_error = catalog_error
         self._verifier: IndexVerifier | None = None
         self._proposed: dict[str, set[str]] = {}
+        self._refreshed_for: set[tuple[str | None, str]] = set()
         self._keep_schema = schema_filter(self.options.schemas, self.options.exclude_schemas)
 
     @property
     def snapshot(self) -> CatalogSnapshot:
         if self._snapshot is None:
-            self._snapshot = read_snapshot(self.runner.conn)
+            read = self._read_snapshot()
+            self._snapshot = read or CatalogSnapshot(
+                database=str(self.runner.conn.info.dbname),
+                server_version_num=self.runner.version_num,
+            )
         return self._snapshot
 
     def refresh_snapshot(self) -> None:
-        self._snapshot = read_snapshot(self.runner.conn)
+        """Read the catalog again (kept as it was when that fails)."""
+        read = self._read_snapshot()
+        if read is not None:
+            self._snapshot = read
+
+    def _read_snapshot(self) -> CatalogSnapshot | None:
+        if self.catalog_error is not None:
+            return None
+        try:
+            return read_snapshot(self.runner.conn)
+        except psycopg.Error as exc:
+            self.catalog_error = _first_line(exc)
+            log.warning("cannot read the catalog, analysing without it: %s", self.catalog_error)
+            return None
 
     @property
     def verifier(self) -> IndexVerifier:
@@ -290,17 +317,33 @@ class StatementAnalyzer:
         return results[0][0], results[0][1], tried
 
     def _ensure_tables(self, plan: Plan) -> None:
-        """Re-read the catalog once if the plan scans a table the snapshot lacks."""
-        if self._snapshot is None:
+        """Re-read the catalog once if the plan scans an application table the snapshot
+        lacks (never for system catalogs or temporary tables, which it never holds, and
+        never twice for the same table)."""
+        if self._snapshot is None or self.catalog_error is not None:
             return
+        missing: set[tuple[str | None, str]] = set()
         for node in plan.walk():
-            if (
-                node.is_scan
-                and node.relation
-                and self._snapshot.table(node.schema, node.relation) is None
-            ):
-                self.refresh_snapshot()
-                return
+            if not node.is_scan or not node.relation or _system_schema(node.schema):
+                continue
+            key = (node.schema, node.relation)
+            if key not in self._refreshed_for and self._snapshot.table(*key) is None:
+                missing.add(key)
+        if missing:
+            self._refreshed_for |= missing
+            self.refresh_snapshot()
+
+
+def _system_schema(schema: str | None) -> bool:
+    return schema in ("pg_catalog", "information_schema") or (schema or "").startswith(
+        ("pg_toast", "pg_temp_")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    diag = getattr(exc, "diag", None)
+    text = str(getattr(diag, "message_primary", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def analyze_statement(
