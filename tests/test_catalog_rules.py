@@ -67,9 +67,10 @@ def test_fk_missing_index(version: str) -> None:
         "public.soft_child.soft_child_parent_id_fkey",
     }
     child = found["public.child.child_parent_id_fkey"]
-    assert child.recommendation == (
-        "CREATE INDEX CONCURRENTLY ix_child_parent_id ON public.child (parent_id);"
-    )
+    fix = "CREATE INDEX CONCURRENTLY ix_child_parent_id ON public.child (parent_id);"
+    assert child.recommendation.startswith(fix) and child.evidence["fix_sql"] == [fix]
+    # what to know before running it
+    assert "transaction block" in child.recommendation and "INVALID" in child.recommendation
     assert child.evidence["on_delete"] == "cascade"
     assert "deletes its child rows" in child.message
     # a partial index that starts with the column does not serve the key, and is named

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dbprobe.analysis.catalog import (
+    CatalogSnapshot,
     ForeignKeyInfo,
     IndexInfo,
+    TableInfo,
     display_name,
     qualified,
     quote_ident,
@@ -319,6 +321,80 @@ def foreign_key_advice(fk: ForeignKeyInfo, taken: Iterable[str] = ()) -> IndexAd
         name=index_name(fk.table, keys, taken),
         reason=f"foreign key {fk.name} → {fk.ref_display}",
     )
+
+
+CONCURRENTLY_NOTE = (
+    "(CREATE INDEX CONCURRENTLY does not block writes, but it cannot run inside a "
+    "transaction block, waits for the transactions already running on the table, and "
+    "on failure leaves an INVALID index behind: drop it before retrying.)"
+)
+
+PARTITIONED_INDEX_NOTE = (
+    "A partitioned table takes no CREATE INDEX CONCURRENTLY: the index is created ON ONLY "
+    "the partitioned table (it builds nothing, but waits for a SHARE lock on it: set a "
+    "lock_timeout and retry), each partition's index is built CONCURRENTLY (no "
+    "write-blocking lock), then attached; the partitioned index becomes valid once every "
+    "partition's index is attached."
+)
+
+
+def partitioned_index_statements(
+    snapshot: CatalogSnapshot,
+    table: TableInfo,
+    name: str,
+    body: str,
+    *,
+    label_keys: Sequence[IndexKey],
+    taken: Callable[[str], set[str]],
+    unique: bool = False,
+    existing: IndexInfo | None = None,
+    reuse: Callable[[IndexInfo], bool] | None = None,
+) -> list[str]:
+    """The statements that build an index on a partitioned table without blocking
+    writes: ``CREATE INDEX name ON ONLY table body;``, then per partition ``CREATE INDEX
+    CONCURRENTLY … ;`` (recursively ``ON ONLY`` for a partition that is partitioned
+    itself) and ``ALTER INDEX name ATTACH PARTITION … ;``.
+
+    body: what follows the table in ``CREATE INDEX`` (``(pid)``); label_keys: the keys
+    partition index names are made of; taken: the names taken in a schema (updated);
+    existing: the partitioned index when it exists already (no ``CREATE … ON ONLY``; its
+    attached partitions are skipped); reuse: an unattached partition index that may be
+    attached as it is (same definition).
+    """
+    uniq = "UNIQUE " if unique else ""
+    parent_sql = qualified(table.schema, name)
+    out: list[str] = []
+    if existing is None:
+        out.append(f"CREATE {uniq}INDEX {quote_ident(name)} ON ONLY {table.qualified} {body};")
+    attached = {i.table_oid for i in snapshot.attached_indexes(existing.oid)} if existing else set()
+    for part in snapshot.partitions_of(table.oid):
+        if part.oid in attached:
+            continue
+        match = next(
+            (
+                i
+                for i in snapshot.indexes_on(part.oid)
+                if i.parent_oid is None and i.valid and reuse is not None and reuse(i)
+            ),
+            None,
+        )
+        if match is not None:
+            out.append(f"ALTER INDEX {parent_sql} ATTACH PARTITION {match.qualified};")
+            continue
+        names = taken(part.schema)
+        child = index_name(part.name, label_keys, names)
+        names.add(child)
+        if part.partitioned:
+            out += partitioned_index_statements(
+                snapshot, part, child, body, label_keys=label_keys, taken=taken,
+                unique=unique, reuse=reuse,
+            )  # fmt: skip
+        else:
+            out.append(
+                f"CREATE {uniq}INDEX CONCURRENTLY {quote_ident(child)} ON {part.qualified} {body};"
+            )
+        out.append(f"ALTER INDEX {parent_sql} ATTACH PARTITION {qualified(part.schema, child)};")
+    return out
 
 
 def foreign_key_served(fk: ForeignKeyInfo, indexes: Iterable[IndexInfo]) -> IndexInfo | None:
