@@ -722,6 +722,7 @@ def seq_scan_heavy_tables(
                     "indexes": n_indexes,
                     "last_seq_scan": t.last_seq_scan,
                     "stats_reset": stats.stats_reset if stats else None,
+                    "fix_sql": found,
                 },
             )
         )
