@@ -180,6 +180,7 @@ def _state(audit: AuditedShop) -> dict[str, Any]:
     }
 
 
+TRANSACTION = {"BEGIN", "ROLLBACK", "COMMIT", "SAVEPOINT", "RELEASE"}
 READ_ONLY_KINDS = {"SELECT", "EXPLAIN", "SET", "SHOW", "PREPARE", "DEALLOCATE", "BEGIN",
                    "ROLLBACK", "SAVEPOINT", "RELEASE"}  # fmt: skip
 
@@ -210,6 +211,14 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
         )
         assert any(f.rule == "unindexed-lookup" for f in report.findings)
         after = _state(fresh_shop)
+        own = [
+            str(q)
+            for (q,) in server.execute(
+                "SELECT s.query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+                f"WHERE r.rolname = '{role}' AND s.toplevel",
+                db,
+            )
+        ]
     finally:
         if not disposable:
             server.execute(f"DROP OWNED BY {role}", db)
@@ -227,6 +236,12 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
         assert any("recorded in pg_stat_statements" in n for n in report.notes)
         assert sum(q.startswith("EXPLAIN") for q in ran) >= 10  # the audit's, all reads
         assert any("/* dbprobe-audit */" in q for q in ran)
+        # every statement of the audit's own is marked (so later audits skip it), but
+        # the transaction control psycopg sends
+        unmarked = [
+            q for q in own if "/* dbprobe-" not in q and leading_keyword(q) not in TRANSACTION
+        ]
+        assert own and not unmarked, unmarked
     sessions = server.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dbprobe-audit%'"
     )
@@ -267,12 +282,26 @@ def test_missing_privileges_become_info_findings(fresh_shop: AuditedShop) -> Non
         validate_report(report.to_dict())
 
         # without pg_read_all_stats the application's statements are hidden: a note
+        # that counts them (every hidden entry has the same text)
+        def others() -> int:
+            rows = server.execute(
+                "SELECT count(*) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+                "WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                f"AND s.toplevel AND r.rolname <> '{plain_role}'",
+                fresh_shop.database,
+            )
+            return int(rows[0][0])
+
+        before = others()
         report = run_audit(
             dataclasses.replace(fresh_shop.target, user=plain_role, password=password),
             AuditOptions(coldstart=False),
         )
+        after = others()
+        hidden = report.metrics["audit"]["statements"]["hidden"]
+        assert before > 1 and before <= hidden <= after
+        assert any(f"{hidden} statements of other roles" in n for n in report.notes)
         assert any("pg_read_all_stats" in n for n in report.notes)
-        assert report.metrics["audit"]["statements"]["hidden"] >= 1
         assert sum(f.rule == "fk-missing-index" for f in report.findings) == 3
     finally:
         server.execute(f"DROP ROLE {stats_role}")
