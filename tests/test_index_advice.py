@@ -242,6 +242,12 @@ def test_or_filter_gets_no_index_but_a_reason(version: str) -> None:
     assert result.alternatives == ()
     assert result.reason_none is not None and "OR" in result.reason_none
     assert "42" not in result.reason_none  # literals redacted
+    # one index per column: PostgreSQL combines them in a BitmapOr
+    assert result.hint_sql == (
+        "CREATE INDEX CONCURRENTLY ix_orders_customer_id ON public.orders (customer_id);",
+        "CREATE INDEX CONCURRENTLY ix_orders_total ON public.orders (total);",
+    )
+    assert "BitmapOr" in " ".join(result.hints)
 
 
 # -- the finding -----------------------------------------------------------------------------------

@@ -575,6 +575,32 @@ def advise(
         eq_count = sum(1 for k in base if k.kind == "eq")
         options.append((base, eq_count, f"partial index WHERE {condition}", condition))
 
+    if not options and candidate.either and not reasons:
+        for columns in candidate.either:
+            missing = [
+                c
+                for c in columns
+                if served_by([IndexKey(column=c)], 1, table_indexes, collation_c=collation_c)
+                is None
+            ]
+            statements = []
+            for c in missing:
+                key = IndexKey(column=c)
+                name = index_name(candidate.relation, [key], names)
+                names.add(name)
+                statements.append(IndexAdvice(schema, candidate.relation, (key,), name).statement)
+            reasons.append(
+                f"an OR across columns ({', '.join(columns)}): one index cannot serve it, "
+                "one index per column can"
+            )
+            if statements:
+                hints.append(
+                    "PostgreSQL combines one index per column in a BitmapOr: "
+                    + " ".join(statements)
+                    + " (not verified: each index alone does not change the plan), or "
+                    "rewrite the OR as a UNION of two indexed look-ups."
+                )
+                hint_sql.extend(statements)
     if not options:
         why = "no condition on this relation that a B-tree index can search"
         if reasons:

@@ -696,7 +696,8 @@ class ScanCandidate:
     conditions that cast a column (no index on the column serves them); prefixes:
     columns searched by ``LIKE 'prefix%'``; partial: constant-free conjuncts
     (``deleted_at IS NULL``, ``NOT done``) without alias qualifiers, usable as the
-    predicate of a partial index.
+    predicate of a partial index; either: the columns of each OR whose branches one
+    index per column could serve (combined in a BitmapOr).
     """
 
     pattern: str
@@ -721,6 +722,7 @@ class ScanCandidate:
     casts: tuple[CastIssue, ...] = ()
     prefixes: tuple[Operand, ...] = ()
     partial: tuple[tuple[str, str], ...] = ()
+    either: tuple[tuple[str, ...], ...] = ()
 
     @property
     def fraction_kept(self) -> float:
@@ -806,6 +808,26 @@ class _Classified:
     casts: list[CastIssue] = dataclasses.field(default_factory=list)
     prefixes: list[Operand] = dataclasses.field(default_factory=list)
     partial: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    alternatives: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+
+
+def _or_columns(p: Predicate, alias: str | None, own: bool) -> tuple[str, ...] | None:
+    """The columns of an OR whose every branch an index on one of this relation's
+    columns serves (``a = 1 OR b > 2`` → ``("a", "b")``); ``None`` otherwise."""
+    if p.kind != OTHER:
+        return None
+    branches = split_top_level(strip_parens(tokenize(p.text)), "OR")
+    if len(branches) < 2:
+        return None
+    columns: list[str] = []
+    for branch in branches:
+        sub = parse_predicate(branch)
+        key = sub.key_for(alias, own=own) if sub.left is not None else None
+        if not sub.indexable or key is None or key.column is None or key.casts:
+            return None
+        if key.column.name not in columns:
+            columns.append(key.column.name)
+    return tuple(columns)
 
 
 def _classify(
@@ -836,6 +858,9 @@ def _classify(
             mentions = p.left is not None and p.left.mentions(alias, own=own)
             if mentions or p.kind == OTHER:
                 out.other.append(p.text)
+                either = _or_columns(p, alias, own)
+                if either is not None:
+                    out.alternatives.append(either)
             continue
         if p.kind in (EQUALITY, IN_LIST, IS_NULL, BOOLEAN):
             out.eq.append(key)
@@ -1054,6 +1079,7 @@ def find_unindexed_scans(
                 casts=tuple(found_here.casts),
                 prefixes=_dedupe(found_here.prefixes, [*served, *equality]),
                 partial=tuple(found_here.partial),
+                either=tuple(found_here.alternatives),
             )
         )
     return found

@@ -268,7 +268,7 @@ _LOCK_SQLSTATES = frozenset({"55P03", "57014"})
 
 
 @contextlib.contextmanager
-def _savepoint(conn: psycopg.Connection[Any]) -> Iterator[None]:
+def statement_scope(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """A savepoint around a statement when the connection is inside a transaction (so
     a failure leaves the caller's transaction usable); nothing in autocommit, where
     each statement ends on its own and releases its locks at once."""
@@ -280,7 +280,7 @@ def _savepoint(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def _fetch(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with _savepoint(conn):
+    with statement_scope(conn):
         return list(conn.execute(sql.encode() if params is None else sql, params).fetchall())
 
 

@@ -300,3 +300,71 @@ def test_real_index_verification_gives_up_on_a_locked_table(shop: Scratch) -> No
     assert finding.severity is Severity.WARNING
     assert finding.evidence["index"]["columns"] == ["customer_id"]
     assert elapsed < 2.5  # not the 5 s lock_timeout of the session
+
+
+# -- conditions a B-tree serves after all ---------------------------------------------------------
+
+
+def test_like_prefix_gets_a_btree(shop: Scratch, ro: psycopg.Connection[Any]) -> None:
+    # the test databases compare bytes (C collation): a plain B-tree serves LIKE 'abc%'
+    sql = "SELECT * FROM customers WHERE email LIKE 'user12%'"
+    (finding,) = lookups(analyze_statement(ro, sql))
+    assert fix_statements(finding) == [
+        "CREATE INDEX CONCURRENTLY ix_customers_email ON public.customers (email);"
+    ]
+    run_and_drop(shop, finding, sql)
+
+
+def test_like_prefix_under_a_linguistic_collation_gets_pattern_ops(shop: Scratch) -> None:
+    (collation,) = shop.sql(
+        "SELECT collname FROM pg_collation WHERE collprovider = 'i' "
+        "AND collname IN ('en-x-icu', 'unicode') ORDER BY collname LIMIT 1"
+    )[0]
+    try:
+        shop.sql(
+            f"""
+            CREATE TABLE people (id int PRIMARY KEY, email text COLLATE "{collation}");
+            INSERT INTO people SELECT g, 'user' || g || '@example.com'
+            FROM generate_series(1, 50000) g;
+            ANALYZE people;
+            """
+        )
+    except psycopg.errors.FeatureNotSupported as exc:
+        # the embedded PostgreSQL 18 lists ICU collations but is built without ICU
+        pytest.skip(f"no linguistic collation on this server: {exc}")
+    sql = "SELECT * FROM people WHERE email LIKE 'user12%'"
+    with connect(shop.target, application_name="dbprobe-test", read_only=True) as conn:
+        (finding,) = lookups(analyze_statement(conn, sql))
+    assert "(email text_pattern_ops)" in finding.recommendation
+    run_and_drop(shop, finding, sql)
+
+
+def test_a_rare_boolean_gets_an_index(shop: Scratch, ro: psycopg.Connection[Any]) -> None:
+    sql = "SELECT * FROM orders WHERE NOT done"
+    (finding,) = lookups(analyze_statement(ro, sql))
+    assert finding.evidence["index"]["columns"] == ["done"]
+    run_and_drop(shop, finding, sql)
+
+
+def test_or_across_columns_gets_one_index_per_column(
+    shop: Scratch, ro: psycopg.Connection[Any]
+) -> None:
+    sql = (
+        "SELECT * FROM orders "
+        "WHERE customer_id = 42 OR ext2 = 'c4ca4238-a0b9-2382-0dcc-509a6f75849b'"
+    )
+    (finding,) = lookups(analyze_statement(ro, sql))
+    assert "BitmapOr" in finding.recommendation
+    statements = fix_statements(finding)
+    assert [re.search(r"\((\w+)\);$", s).group(1) for s in statements] == [  # type: ignore[union-attr]
+        "customer_id",
+        "ext2",
+    ]
+    try:
+        with shop.connect() as conn:
+            for stmt in statements:
+                conn.execute(stmt.encode())
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}".encode()))
+        assert "BitmapOr" in plan
+    finally:
+        shop.sql("DROP INDEX IF EXISTS ix_orders_customer_id; DROP INDEX IF EXISTS ix_orders_ext2")
