@@ -211,3 +211,21 @@ def test_schema_filter() -> None:
     assert schema_filter()("anything")
     snap = snapshot("15").filtered(schema_filter(exclude=["public"]))
     assert snap.tables == () and check_catalog(snap) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_invalid_index_left_as_ccold_is_only_dropped(version: str) -> None:
+    """The old version REINDEX CONCURRENTLY could not drop after swapping in the new one
+    (``<name>_ccold``, next to a valid ``<name>``): the rebuild succeeded, so the only
+    advice is to drop it (rebuilding it would recreate a copy of ``<name>``)."""
+    snap = snapshot(version)
+    invalid = next(i for i in snap.indexes if i.name == "uq_dupdata_v")
+    rebuilt = dataclasses.replace(invalid, oid=invalid.oid + 100_000, valid=True, ready=True)
+    old = dataclasses.replace(invalid, name="uq_dupdata_v_ccold")
+    others = tuple(i for i in snap.indexes if i.oid != invalid.oid)
+    (finding,) = invalid_indexes(dataclasses.replace(snap, indexes=(*others, rebuilt, old)))
+    assert finding.fingerprint == "public.uq_dupdata_v_ccold"
+    assert finding.recommendation == "DROP INDEX CONCURRENTLY public.uq_dupdata_v_ccold;"
+    assert finding.evidence["fix_sql"] == [finding.recommendation]
+    assert finding.evidence["reindex_leftover"] == "uq_dupdata_v"
+    assert "the rebuild succeeded" in finding.message

@@ -893,7 +893,12 @@ def lookup_finding(
             table=table,
             sql=sql,
             fingerprint=fingerprint
-            or f"{candidate.schema}.{candidate.relation}:{candidate.pattern}",
+            or f"{candidate.schema}.{candidate.relation}:{candidate.pattern}"
+            + (
+                ":cast(" + ",".join(sorted({c.column for c in candidate.casts})) + ")"
+                if candidate.casts
+                else ""
+            ),
             evidence=evidence,
         )
     evidence["index"] = advice.to_dict()
