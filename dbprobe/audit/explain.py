@@ -20,9 +20,12 @@ From a SQLAlchemy engine, open the connection with
 application_name="dbprobe-capture")`` and pass the statement and parameters captured
 from ``before_cursor_execute``.
 
-Nothing is executed (plain ``EXPLAIN``) unless ``analyze=True``; even then every
-statement runs inside a transaction that is rolled back. With many statements, keep one
-:class:`StatementAnalyzer` (it reads the catalog once and caches the verifier).
+Nothing is executed (plain ``EXPLAIN``) unless ``analyze=True``; even then the
+statement runs inside a transaction that is rolled back. On a connection inside a
+transaction (psycopg's default), the caller's transaction is never committed or rolled
+back: what could fail runs in a savepoint, and the catalog is read in the caller's
+snapshot (so tables it created and has not committed are seen). With many statements,
+keep one :class:`StatementAnalyzer` (it reads the catalog once and caches the verifier).
 """
 
 from __future__ import annotations
