@@ -363,15 +363,25 @@ def unindexable_expression(
     return None
 
 
-def _expression_hint(operand: Operand, why: str) -> str:
+def _expression_hint(operand: Operand, why: str, table: TableInfo | None) -> str:
     columns = sorted(r.name for r in operand.refs)
+    expression = display_condition(operand.expression or "")
+    text = f"No index can hold {expression}: {why}."
     col = columns[0] if len(columns) == 1 else None
-    text = f"No index can hold {operand.expression}: {why}."
-    if col is not None:
+    info = table.column(col) if table is not None and col is not None else None
+    timely = (info is not None and base_type_name(info.type).startswith(("timestamp", "date"))) or (
+        bool(expression_functions(operand) & {"date_trunc", "date_part", "extract"})
+    )
+    if col is not None and timely:
         text += (
             f" Compare {col} itself so an index on ({quote_ident(col)}) can serve the "
             f"statement: for a time bucket, a range ({col} >= ? AND {col} < ?, the "
             "bucket's start and the next one's)."
+        )
+    elif "parameter" in why:
+        text += (
+            " If those parameters are always the same, write them into the statement as "
+            "constants: an index on that expression can then serve it."
         )
     return text
 
@@ -395,7 +405,11 @@ def _cast_hint(issue: CastIssue, indexes: Sequence[IndexInfo]) -> tuple[str, str
         None,
     )
     cond = display_condition(issue.condition)
-    served = f"{existing} ({col}) cannot serve it" if existing else f"no index on {col} could"
+    served = (
+        f"{existing} ({col}) cannot serve it"
+        if existing
+        else f"an index on {col} would not serve it either"
+    )
     reason = f"the condition casts {col}{of_type} to {cast} ({cond}), so {served}"
     base = base_type_name(issue.column_type or "")
     if cast == "date" and base.startswith("timestamp"):
@@ -406,10 +420,16 @@ def _cast_hint(issue: CastIssue, indexes: Sequence[IndexInfo]) -> tuple[str, str
     else:
         target = issue.column_type or f"the type of {col}"
         op = "=" if issue.kind in ("eq", "in") else "<"
+        example = {
+            "smallint": ": an int, not a Decimal or a float",
+            "integer": ": an int, not a Decimal or a float",
+            "bigint": ": an int, not a Decimal or a float",
+            "uuid": ": a uuid.UUID, not a str",
+        }.get(base, "")
         rewrite = (
             f"compare {col} with a value of its own type instead of casting the column: "
-            f"{col} {op} CAST(? AS {target}) (in the application, pass the parameter as "
-            f"{target}: an int rather than a Decimal, a UUID rather than a str)"
+            f"{col} {op} CAST(? AS {target}) (in the application, send the parameter as "
+            f"{target}{example})"
         )
     return reason, rewrite, existing
 
@@ -501,8 +521,8 @@ def advise(
         why = unindexable_expression(operand, table, volatile_functions)
         if why is None:
             return True
-        reasons.append(f"no index can hold {operand.expression}: {why}")
-        hints.append(_expression_hint(operand, why))
+        reasons.append(f"no index can hold {display_condition(operand.expression or '')}: {why}")
+        hints.append(_expression_hint(operand, why, table))
         return False
 
     for issue in candidate.casts:
@@ -609,9 +629,7 @@ def advise(
             why = "its conditions cannot use a B-tree index: " + "; ".join(
                 redact(t) or t for t in candidate.unindexable
             )
-        return AdviceSet(
-            (), reason_none=redact(why) or why, hints=tuple(hints), hint_sql=tuple(hint_sql)
-        )
+        return AdviceSet((), reason_none=why, hints=tuple(hints), hint_sql=tuple(hint_sql))
 
     out: list[IndexAdvice] = []
     seen: set[tuple[str, ...]] = set()
