@@ -149,6 +149,7 @@ def test_unused_index_shows_statistics_age(version: str) -> None:
     assert "statistics reset 40 days ago" in mature.message
     assert mature.recommendation.startswith("DROP INDEX CONCURRENTLY public.ix_child_e;")
     assert "standby" in mature.recommendation
+    assert "created after the statistics were reset" in mature.recommendation
     assert mature.evidence["stats_age_s"] == pytest.approx(40 * 86400)
 
 
