@@ -41,7 +41,7 @@ CREATE TABLE orders (
 INSERT INTO orders
 SELECT g, 1 + (g * 7919) % 50000,
        (ARRAY['open', 'paid', 'shipped', 'refunded'])[1 + g % 4],
-       CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'settled' END,
+       CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'settled-' || abs(hashint4(g) % 16) END,
        'note ' || (g % 20000),
        md5(g::text)::uuid, md5('x' || g)::uuid,
        'c' || (g % 50000),
