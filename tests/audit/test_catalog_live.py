@@ -341,3 +341,50 @@ def wait_for_lock_queue(scratch: Scratch) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("the ALTER never queued for its lock")
+
+
+def test_indexes_that_only_look_redundant_are_kept(scratch: Scratch) -> None:
+    """Unique beside a wider non-unique index, a UNIQUE constraint beside an identical
+    unique index, an unscanned unique index, INCLUDE columns, and a foreign key whose
+    column is only second in an index."""
+    scratch.sql(
+        """
+        CREATE TABLE u (id int PRIMARY KEY, x int, y int, z int, w int, a int, b int, c int);
+        INSERT INTO u SELECT g, g, g, g, g, g % 100, g, g FROM generate_series(1, 20000) g;
+        CREATE UNIQUE INDEX u_x ON u (x);
+        CREATE INDEX u_x_y ON u (x, y);
+        ALTER TABLE u ADD CONSTRAINT u_z_key UNIQUE (z);
+        CREATE UNIQUE INDEX u_z_again ON u (z);
+        CREATE UNIQUE INDEX u_w ON u (w);
+        CREATE INDEX u_a_incl_c ON u (a) INCLUDE (c);
+        CREATE INDEX u_a_b ON u (a, b);
+        CREATE TABLE fkp (id int PRIMARY KEY);
+        CREATE TABLE fkc (id int PRIMARY KEY, other int, pid int REFERENCES fkp);
+        CREATE INDEX fkc_other_pid ON fkc (other, pid);
+        ANALYZE;
+        """
+    )
+    findings = scratch.findings()
+    dropped = drops(findings)
+    # a unique index is not covered by a wider non-unique one (it enforces uniqueness)
+    assert "u_x" not in dropped
+    # the constraint's index stays; its plain twin is the one to drop
+    assert "u_z_key" not in dropped and "u_z_again" in dropped
+    assert "u_z_key" in by_rule(findings, "duplicate-index")["public.u_z_again"].message
+    # unused-index ran (the plain, never scanned u_x_y) but left unique indexes alone
+    unused = by_rule(findings, "unused-index")
+    assert "public.u_x_y" in unused or "u_x_y" in dropped
+    assert not {"public.u_x", "public.u_w", "public.u_z_key"} & set(unused)
+    # INCLUDE (c) is not covered by (a, b): index-only scans need c
+    duplicate_of = {
+        f.evidence.get("index"): f.evidence.get("covered_by")
+        for f in findings
+        if f.rule == "duplicate-index"
+    }
+    assert duplicate_of.get("u_a_incl_c") is None, duplicate_of
+    # the foreign key's column is second in fkc_other_pid: not served
+    fk = [f for f in findings if f.rule == "fk-missing-index" and f.table == "fkc"]
+    assert [f.evidence["columns"] for f in fk] == [["pid"]]
+    for f in fk:
+        apply_fix(scratch, f)
+    assert not [f for f in scratch.findings() if f.rule == "fk-missing-index" and f.table == "fkc"]
