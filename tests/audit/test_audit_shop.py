@@ -461,3 +461,27 @@ def test_cold_start_sample_when_the_probe_is_installed(audited_shop: AuditedShop
     skipped = run_audit(audited_shop.target, AuditOptions(verify="none", top=1, coldstart=False))
     assert "coldstart" not in skipped.metrics
     assert "coldstart" not in skipped.metrics["audit"]["timings_ms"]
+
+
+def test_pg_stat_statements_library_not_loaded(audit_server: PostgresServer) -> None:
+    """The extension is created but the library is not in shared_preload_libraries:
+    an info finding that says to preload it and restart; the catalog checks still run."""
+    from dbprobe.pg import throwaway
+
+    with throwaway(audit_server.provider, settings={"shared_preload_libraries": ""}) as server:
+        db = server.create_database()
+        server.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db)
+        server.execute(
+            "CREATE TABLE p (id int PRIMARY KEY); "
+            "CREATE TABLE c (id int PRIMARY KEY, p_id int REFERENCES p); "
+            "INSERT INTO p SELECT generate_series(1, 100)",
+            db,
+        )
+        report = run_audit(server.target(db), AuditOptions(coldstart=False))
+    validate_report(report.to_dict())
+    (missing,) = [f for f in report.findings if f.rule == "pg-stat-statements-missing"]
+    assert missing.severity is Severity.INFO
+    assert "shared_preload_libraries" in missing.recommendation
+    assert "restart" in missing.recommendation
+    assert not any(f.rule == "check-skipped" for f in report.findings)
+    assert [f.table for f in report.findings if f.rule == "fk-missing-index"] == ["c"]
