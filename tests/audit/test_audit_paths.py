@@ -30,12 +30,13 @@ CREATE TABLE events (
     ref text NOT NULL,
     grp int NOT NULL,
     tag int NOT NULL,
+    shard int NOT NULL,
     created_at timestamptz NOT NULL,
     deleted_at timestamptz,
     payload text NOT NULL
 );
 INSERT INTO events
-SELECT g, g % 2000, 'r' || g, 1 + g % 50, abs(hashint4(g + 1)) % 1000,
+SELECT g, g % 2000, 'r' || g, 1 + g % 50, abs(hashint4(g + 1)) % 1000, hashint4(g) & 15,
        timestamptz '2024-01-01' + g * interval '1 minute',
        CASE WHEN g % 10 = 0 THEN timestamptz '2025-01-01' END, repeat('x', 50)
 FROM generate_series(1, {ROWS}) g;
@@ -50,12 +51,14 @@ SERVED_RANGE = "SELECT id FROM events WHERE account_id = %s AND created_at > %s"
 PARTIAL_UNUSABLE = "SELECT id FROM events WHERE ref = %s"
 EQUALITY_AND_RANGE = "SELECT id FROM events WHERE created_at > %s AND tag = %s"
 NOT_WORTH_AN_INDEX = "SELECT * FROM events WHERE grp = %s ORDER BY id LIMIT 10"
+TOO_SMALL_A_GAIN = "SELECT * FROM events WHERE shard = %s"
 WORKLOAD: list[tuple[str, tuple[Any, ...]]] = [
     (SERVED_TOP_N, (7,)),
     (SERVED_RANGE, (7, "2024-01-05")),
     (PARTIAL_UNUSABLE, ("r42",)),
     (EQUALITY_AND_RANGE, ("2024-01-05", 7)),
     (NOT_WORTH_AN_INDEX, (7,)),
+    (TOO_SMALL_A_GAIN, (7,)),
 ]
 
 
@@ -159,12 +162,16 @@ def test_indexed_paths_stay_quiet_and_unusable_indexes_do_not(
         assert verification["index_used"] is True
         assert verification["cost_after"] <= 0.5 * verification["cost_before"]
 
-    # (grp, id) would not be used: the primary key's order finds 10 rows early enough
+    # (grp, id) would not be used: the primary key's order finds 10 rows early enough;
+    # (shard) would be, but one row in 16 read through a bitmap saves less than half
     assert dollar(NOT_WORTH_AN_INDEX) not in by_sql
-    rejected = [r for r in audit["rejected"] if r["table"] == "events"]
-    assert [r["index"] for r in rejected] == ["(grp, id)"], audit["rejected"]
-    assert rejected[0]["index_used"] is False
-    assert rejected[0]["cost_after"] >= 0.5 * rejected[0]["cost_before"]
+    assert dollar(TOO_SMALL_A_GAIN) not in by_sql
+    rejected = {r["index"]: r for r in audit["rejected"] if r["table"] == "events"}
+    assert set(rejected) == {"(grp, id)", "(shard)"}, audit["rejected"]
+    assert rejected["(grp, id)"]["index_used"] is False
+    assert rejected["(grp, id)"]["cost_after"] >= 0.5 * rejected["(grp, id)"]["cost_before"]
+    assert rejected["(shard)"]["index_used"] is True
+    assert 0 < rejected["(shard)"]["cost_drop"] < 0.5
 
     # the audit's sessions: read-only and bounded as asked; the verifying one writable
     main = observed.settings["dbprobe-audit"]
@@ -204,7 +211,9 @@ def _verification(conn: psycopg.Connection[Any], sql: str, verify: str) -> dict[
     return dict(result.rejected[0])
 
 
-@pytest.mark.parametrize("sql", [EQUALITY_AND_RANGE, NOT_WORTH_AN_INDEX, PARTIAL_UNUSABLE])
+@pytest.mark.parametrize(
+    "sql", [EQUALITY_AND_RANGE, NOT_WORTH_AN_INDEX, TOO_SMALL_A_GAIN, PARTIAL_UNUSABLE]
+)
 def test_hypopg_agrees_with_a_real_index(events: Scratch, sql: str) -> None:
     """The hypothetical index's plan is the plan a real one gets: same use, and a cost
     within 10 % (hypopg estimates the index size; the real build measures it)."""
