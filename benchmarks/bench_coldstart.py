@@ -15,6 +15,7 @@ p50s. Prints machine info, versions and the load average, then Markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -43,6 +44,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 PHASE_ROWS = ("dns", "tcp", "tls", "startup", "connect", "driver_init", "first_query", "total")
+DETAIL_ROWS = (
+    ("tls_request", "detail: SSLRequest answer"),
+    ("tls_handshake", "detail: TLS handshake"),
+    ("scram_client", "detail: client PBKDF2"),
+    ("connect_gap", "connect − establishment, per pair"),
+)
 PROCESS_ROWS = ("interpreter", "imports", "driver_import", "connect", "first_query", "total")
 
 
@@ -81,11 +88,14 @@ def bench_variant(
         out["version"] = pg.version
         db = pg.create_database("bench")
         env = dict(os.environ, PGPASSWORD=PASSWORD)
+        target = parse_url(pg.dsn(db)).with_options(sslmode=spec["sslmode"])
+        url = target.libpq_dsn()
+        # pgbench gets the password from PGPASSWORD, never on its command line (ps shows it)
+        pgbench_dsn = dataclasses.replace(target, password=None).libpq_dsn()
         subprocess.run(
-            [binary, "-i", "-q", "-s", "1", pg.dsn(db)],
+            [binary, "-i", "-q", "-s", "1", pgbench_dsn],
             capture_output=True, env=env, timeout=300, check=True,
         )  # fmt: skip
-        url = parse_url(pg.dsn(db)).with_options(sslmode=spec["sslmode"]).libpq_dsn()
         options = ColdStartOptions(
             samples=samples, process=process, process_samples=3, pool_rounds=3
         )
@@ -103,7 +113,7 @@ def bench_variant(
                     )
                 else:
                     out["pgbench"].append(
-                        run_pgbench(binary, url, pgbench_s, spec["server"].get("password"))
+                        run_pgbench(binary, pgbench_dsn, pgbench_s, spec["server"].get("password"))
                     )
     return out
 
@@ -149,6 +159,12 @@ def report(provider: str, variant: str, data: dict[str, Any]) -> str:
         if all(c == "–" for c in cells):
             continue
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    for key, label in DETAIL_ROWS:
+        cells = [_cell(rounds, ("protocol", "detail", key))]
+        cells += [_cell(rounds, (d, "detail", key)) for d in DRIVERS]
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(
         "| warm checkout + SELECT 1 | – | "
         + " | ".join(_cell(rounds, (d, "warm", "checkout")) for d in DRIVERS)
@@ -156,7 +172,7 @@ def report(provider: str, variant: str, data: dict[str, Any]) -> str:
     )
     size = rounds[0][DRIVERS[0]]["warm"]["min_size"]
     lines.append(
-        f"| pool ready at {size} | – | "
+        f"| pool ready at {size} (see note) | – | "
         + " | ".join(_cell(rounds, (d, "warm", "pool_ready")) for d in DRIVERS)
         + " |"
     )
@@ -168,8 +184,16 @@ def report(provider: str, variant: str, data: dict[str, Any]) -> str:
         [m["protocol"]["total"].mean - m["protocol"]["first_query"].mean for m in rounds]
     )
     psy_mean = statistics.median([m["psycopg"]["connect"].mean for m in rounds])
+    verdicts = {
+        d: sum(1 for m in rounds if m[d]["_meta"]["phase_sum"]["within_noise"]) for d in DRIVERS
+    }
     lines += [
         "",
+        "- pool ready: psycopg_pool and asyncpg open the pool's connections concurrently, "
+        "SQLAlchemy one after another (not like for like)",
+        "- phases add up within noise (the confidence interval of the per-pair gap's median "
+        "holds 0), rounds "
+        "out of " + str(len(rounds)) + ": " + ", ".join(f"{d} {n}" for d, n in verdicts.items()),
         f"- raw TCP connect (floor): {floor} ms",
         f"- `pgbench -C -S -c 1`: average connection time {conn:.2f} ms ({clo:.2f}–{chi:.2f}), "
         f"{txn:.2f} ms per transaction including the reconnect; the same mean for "

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "compare": "dbprobe.commands.compare:compare",
     "slo": "dbprobe.commands.slo:slo",
     "runs": "dbprobe.commands.runs:runs",
+    "pool": "dbprobe.commands.pool:pool",
 }
 
 

@@ -82,6 +82,13 @@ _RULES = [
         Severity.INFO,
         "Joined eager load of a collection multiplies the rows returned",
     ),
+    Rule("pool-degradation", Severity.ERROR, "Pool fails badly under overload (hangs, errors)"),
+    Rule("client-bound", Severity.INFO, "The load generator, not the pool, was the bottleneck"),
+    Rule(
+        "pool-oversized", Severity.WARNING, "Pool larger than the connections that add throughput"
+    ),
+    Rule("pool-over-budget", Severity.WARNING, "Capacity × instances exceeds the server's slots"),
+    Rule("soak-growth", Severity.WARNING, "Memory, descriptors or connections grow under load"),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

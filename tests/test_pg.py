@@ -611,11 +611,15 @@ def test_ctrl_c_tears_down_in_process(own: str, private_tmp: Path) -> None:
 # -- root and non-root ----------------------------------------------------------------
 
 
-def _non_root_child(conn: object) -> None:  # pragma: no cover - runs in a forked child
+def _non_root_child(conn: object, scratch: str) -> None:  # pragma: no cover - forked child
     import multiprocessing.connection as mpc
 
     assert isinstance(conn, mpc.Connection)
     try:
+        # $DBPROBE_TMPDIR may be a root-owned directory (CI makes one): the unprivileged
+        # user gets a scratch directory of its own inside it, as a non-root user would.
+        os.environ["DBPROBE_TMPDIR"] = scratch
+        os.chdir(scratch)
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)  # nobody: the non-root path, no account switch
@@ -637,8 +641,10 @@ def test_non_root_path_runs_server_as_the_current_user() -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
+    scratch = Path(tempfile.mkdtemp(prefix="dbprobe-nonroot-", dir=local.scratch_root()))
+    os.chown(scratch, 65534, 65534)
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_non_root_child, args=(child,))
+    p = ctx.Process(target=_non_root_child, args=(child, str(scratch)))
     p.start()
     try:
         assert parent.poll(60), "non-root child did not answer"
@@ -648,6 +654,9 @@ def test_non_root_path_runs_server_as_the_current_user() -> None:
         if p.is_alive():
             p.kill()
             p.join(5)
+        leftovers = [q.name for q in scratch.iterdir()]
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert leftovers == [], leftovers
     assert status == "ok", owner
     assert owner == 65534
     assert user == "postgres"

@@ -13,6 +13,10 @@ Input is the ``metrics["coldstart"]`` tree a cold-start run writes (leaves are
                   "_meta": {...}},
      "_meta": {...}}
 
+Each driver node also has ``detail`` (protocol-client ``tls_request``,
+``tls_handshake``, ``scram_client`` from its paired samples, and ``connect_gap``: the
+driver's connect minus the paired protocol client's establishment, per pair).
+
 A driver is slow when its p95 ``total`` exceeds the threshold (default 100 ms), or
 when one phase dominates: at least half of the median total and at least 10 ms. The
 finding names the phase to blame and the advice that fits it.
@@ -34,16 +38,40 @@ PHASES = ("dns", "tcp", "tls", "startup", "driver_init", "first_query")
 #: phases measured by the protocol client (the driver's ``connect`` covers them all)
 ESTABLISH_PHASES = ("dns", "tcp", "tls", "startup")
 PROCESS_PHASES = ("interpreter", "imports", "driver_import", "connect", "first_query")
+#: the protocol client's finer figures, under ``detail`` (per driver: its paired samples)
+PROTOCOL_DETAIL = ("tls_request", "tls_handshake", "scram_client")
+#: per pair: the driver's connect minus the protocol client's DNS+TCP+TLS+start-up
+CONNECT_GAP = "connect_gap"
 #: the pseudo-phase for the driver's own connect work beyond a minimal client
 DRIVER_CONNECT = "driver_connect"
 NOT_DRIVERS = frozenset({"tcp_floor", "protocol"})
+#: phases a driver's node takes from the protocol client's paired samples
+PROTOCOL_MEASURED = frozenset({*ESTABLISH_PHASES, "tls_request", "tls_handshake"})
 #: how phases read in finding messages
-PHASE_LABELS = {DRIVER_CONNECT: "the driver's own connect work"}
+PHASE_LABELS = {
+    DRIVER_CONNECT: "the driver's own connect work",
+    "tls_request": "the SSLRequest answer",
+    "tls_handshake": "the TLS handshake",
+}
 
 
 def label(phase: str) -> str:
-    """A phase name as it reads in a message."""
-    return PHASE_LABELS.get(phase, phase)
+    """A phase name as it reads in a message; phases the protocol client measured say
+    so (a driver exposes no boundary inside its connect)."""
+    name = PHASE_LABELS.get(phase, phase)
+    if phase in PROTOCOL_MEASURED:
+        return f"{name} (protocol client, paired samples)"
+    return name
+
+
+def measured_by(phase: str) -> str:
+    """Which figures a phase comes from: ``protocol``, ``driver`` or, for
+    ``driver_connect``, the paired difference of the two."""
+    if phase in PROTOCOL_MEASURED:
+        return "protocol"
+    if phase == DRIVER_CONNECT:
+        return "driver connect - paired protocol establishment"
+    return "driver"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,22 +133,52 @@ def iqr(values: Sequence[float]) -> float:
     return percentile(data, 75) - percentile(data, 25)
 
 
+def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval of the median (the sign test's order
+    statistics): ``(low, high, confidence)``, the confidence being the interval's exact
+    coverage, at least ``level`` when there are enough values (6 for 95 %); with fewer,
+    the interval is ``[min, max]`` and the confidence says how much less it is."""
+    data = sorted(values)
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan, 0.0
+    alpha = 1.0 - level
+    if n > 1000:  # normal approximation of the binomial
+        k = max(1, math.floor((n - 1.959964 * math.sqrt(n)) / 2))
+        return data[k - 1], data[n - k], level
+    k, tail = 1, 0.5**n  # tail = P(X <= k - 1), X ~ Binomial(n, 1/2)
+    while k < n // 2 + 1:
+        next_tail = tail + math.comb(n, k) / 2**n
+        if 2 * next_tail > alpha:
+            break
+        k, tail = k + 1, next_tail
+    return data[k - 1], data[n - k], max(0.0, 1.0 - 2 * tail)
+
+
 @dataclasses.dataclass(frozen=True)
 class Additivity:
-    """Whether a driver's phases add up to its total.
+    """Whether a driver's phases add up to its total, judged pair by pair.
 
-    sum_of_p50: sum of the phases' medians (each phase's own samples);
-    total_p50: median of the driver's measured totals; gap_ms = total_p50 - sum_of_p50
-    (positive: time no phase accounts for, i.e. the driver's own connect work beyond a
-    minimal client); tolerance_ms: the noise allowance, one inter-quartile range of the
-    totals and at least 0.5 ms.
+    For each pair of samples (same round, taken back to back) the phases' sum is the
+    protocol client's DNS+TCP+TLS+start-up plus the driver's ``driver_init`` and
+    ``first_query``, and the driver's total is its ``connect`` plus the same two; the
+    difference is ``connect - establishment`` (``detail.connect_gap``). gap_ms: its
+    median; gap_p95_ms; ci_low_ms / ci_high_ms: a distribution-free confidence interval
+    of that median at ``confidence``; within_noise: the interval contains 0 (no
+    systematic gap). A gap outside the noise is the driver's own connect work, which no
+    protocol phase accounts for (``driver_connect`` in the verdict).
+    sum_of_p50 / total_p50: the phases' medians summed and the median total, for reading.
     """
 
     parts: tuple[str, ...]
     sum_of_p50: float
     total_p50: float
     gap_ms: float
-    tolerance_ms: float
+    gap_p95_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    confidence: float
+    pairs: int
 
     @property
     def gap_share(self) -> float:
@@ -128,7 +186,7 @@ class Additivity:
 
     @property
     def within_noise(self) -> bool:
-        return abs(self.gap_ms) <= self.tolerance_ms
+        return self.ci_low_ms <= 0.0 <= self.ci_high_ms
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,30 +194,42 @@ class Additivity:
             "sum_of_p50_ms": _r(self.sum_of_p50),
             "total_p50_ms": _r(self.total_p50),
             "gap_ms": _r(self.gap_ms),
+            "gap_p95_ms": _r(self.gap_p95_ms),
+            "gap_ci_ms": [_r(self.ci_low_ms), _r(self.ci_high_ms)],
+            "confidence": round(self.confidence, 4),
+            "pairs": self.pairs,
             "gap_share": round(self.gap_share, 4),
-            "tolerance_ms": _r(self.tolerance_ms),
             "within_noise": self.within_noise,
+            "judged_on": f"the per-pair differences (detail.{CONNECT_GAP}): the gap's median "
+            "and a confidence interval of it; within noise when the interval holds 0",
         }
 
 
 def additivity(
     phases: Mapping[str, Any], parts: Sequence[str] = PHASES, total: str = "total"
 ) -> Additivity | None:
-    """Compare the sum of the phases' medians with the median total (phases that do not
-    apply are simply absent). ``None`` when there is no total."""
+    """Judge a driver node's phases against its total on the paired differences in
+    ``detail.connect_gap`` (phases that do not apply are simply absent). ``None`` when
+    there is no total or no paired difference with its samples."""
     total_d = as_distribution(phases.get(total))
-    if total_d is None or total_d.n == 0:
+    detail = phases.get("detail")
+    gap_d = as_distribution(detail.get(CONNECT_GAP)) if isinstance(detail, Mapping) else None
+    if total_d is None or total_d.n == 0 or gap_d is None or not gap_d.samples:
         return None
     present = tuple(p for p in parts if _p50(phases.get(p)) is not None)
     sum_p50 = sum(_p50(phases[p]) or 0.0 for p in present)
-    tolerance = max(0.5, iqr(total_d.samples or ()))
-    return Additivity(present, sum_p50, total_d.p50, total_d.p50 - sum_p50, tolerance)
+    low, high, confidence = median_ci(gap_d.samples)
+    return Additivity(
+        present, sum_p50, total_d.p50, gap_d.p50, gap_d.p95, low, high, confidence, gap_d.n
+    )
 
 
 def paired_gap(connect: Sequence[float], establish: Sequence[float]) -> Distribution:
     """Per-sample ``connect - establish`` for paired samples (same round, same moment):
     the driver's connect minus the protocol client's DNS+TCP+TLS+start-up."""
-    return Distribution.of([c - e for c, e in zip(connect, establish, strict=False)])
+    if len(connect) != len(establish):
+        raise ValueError("paired samples must come in pairs")
+    return Distribution.of([c - e for c, e in zip(connect, establish, strict=True)])
 
 
 # -- verdicts ---------------------------------------------------------------------------
@@ -178,6 +248,7 @@ class Blame:
             "p50_ms": _r(self.p50_ms),
             "p95_ms": None if self.p95_ms is None else _r(self.p95_ms),
             "share": round(self.share, 4),
+            "measured_by": measured_by(self.phase),
         }
 
 
@@ -217,26 +288,57 @@ def driver_names(coldstart: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _detail(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    detail = node.get("detail")
+    return detail if isinstance(detail, Mapping) else {}
+
+
+def driver_connect(node: Mapping[str, Any]) -> tuple[float, float | None] | None:
+    """The driver's own connect work beyond the protocol client's establishment:
+    ``(p50, p95)`` of the per-pair differences (``detail.connect_gap``) when present,
+    else the difference of the medians (older reports; no p95)."""
+    detail = node.get("detail")
+    gap = as_distribution(detail.get(CONNECT_GAP)) if isinstance(detail, Mapping) else None
+    if gap is not None and gap.n and not math.isnan(gap.p50):
+        return gap.p50, gap.p95
+    connect = _p50(node.get("connect"))
+    if connect is None:
+        return None
+    return connect - sum(_p50(node.get(p)) or 0.0 for p in ESTABLISH_PHASES), None
+
+
+def _tls_parts(node: Mapping[str, Any]) -> list[str]:
+    """``tls`` split into what the paired protocol samples measured inside it."""
+    detail = node.get("detail")
+    if not isinstance(detail, Mapping):
+        return []
+    return [p for p in ("tls_request", "tls_handshake") if _p50(detail.get(p)) is not None]
+
+
 def blame(
     node: Mapping[str, Any], parts: Sequence[str] = PHASES, *, with_driver_connect: bool = True
 ) -> Blame | None:
-    """The largest phase by median (ties: the first in ``parts``). For a driver the
-    driver's own connect work beyond the protocol client's establishment competes too
-    (as ``driver_connect``)."""
+    """The largest phase by median (ties: the first in ``parts``). ``tls`` competes as
+    its two parts when the node has them (``tls_request``: the SSLRequest answer, which
+    waits for the server to start a backend; ``tls_handshake``), since they call for
+    different fixes. For a driver the driver's own connect work beyond the protocol
+    client's establishment competes too (as ``driver_connect``, the median of the
+    per-pair differences)."""
     total = _p50(node.get("total"))
     if total is None or total <= 0:
         return None
+    detail = _detail(node)
     candidates: list[tuple[str, float, float | None]] = []
     for phase in parts:
-        d = as_distribution(node.get(phase))
-        if d is not None and d.n and not math.isnan(d.p50):
-            candidates.append((phase, d.p50, d.p95))
+        sources = [(p, detail.get(p)) for p in _tls_parts(node)] if phase == "tls" else []
+        for name, leaf in sources or [(phase, node.get(phase))]:
+            d = as_distribution(leaf)
+            if d is not None and d.n and not math.isnan(d.p50):
+                candidates.append((name, d.p50, d.p95))
     if with_driver_connect:
-        connect = _p50(node.get("connect"))
-        if connect is not None:
-            establish = sum(_p50(node.get(p)) or 0.0 for p in ESTABLISH_PHASES)
-            if connect - establish > 0:
-                candidates.append((DRIVER_CONNECT, connect - establish, None))
+        own = driver_connect(node)
+        if own is not None and own[0] > 0:
+            candidates.append((DRIVER_CONNECT, own[0], own[1]))
     if not candidates:
         return None
     phase, p50, p95 = max(candidates, key=lambda c: c[1])
@@ -339,11 +441,13 @@ def _finding(
         )
         severity = Severity.INFO
     phases = {p: q for p in (*PHASES, "connect", "total") if (q := _quantiles(node.get(p)))}
+    detail = _detail(node)
     evidence: dict[str, Any] = {
         "driver": verdict.driver,
         "reason": verdict.reason,
         "threshold_ms": th.total_p95_ms,
         "phases": phases,
+        "detail": {k: q for k, v in detail.items() if (q := _quantiles(v))},
         "blame": top.to_dict() if top else None,
         "tcp_floor_p50_ms": None if floor is None else _r(floor),
     }
@@ -402,14 +506,116 @@ def _prewarm_clause(node: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     checkout = _p50(warm.get("checkout"))
     ready = _p50(warm.get("pool_ready"))
     size = warm.get("min_size")
+    opens = str(warm.get("opens") or "").split(":", 1)[0]
     parts = [" Pre-warm the pool at start-up"]
     if checkout is not None:
         parts.append(
             f": a pooled checkout after warm-up took {checkout:.2f} ms against {cold:.1f} ms cold"
         )
     if ready is not None and size:
-        parts.append(f"; the pool became ready at {size} connections in {ready:.1f} ms (p50)")
+        how = f", opening them {opens}" if opens else ""
+        parts.append(f"; the pool became ready at {size} connections in {ready:.1f} ms (p50{how})")
     return "".join(parts) + "."
+
+
+def _round_trip(node: Mapping[str, Any], floor: float | None) -> str:
+    """One network round trip, as measured: the TCP connect (a SYN and its answer)."""
+    tcp = _p50(node.get("tcp"))
+    rtt = tcp if tcp is not None else floor
+    return f" (about {rtt:.2f} ms here: the TCP connect)" if rtt is not None else ""
+
+
+def _direct_tls(node: Mapping[str, Any], meta: Mapping[str, Any], floor: float | None) -> str:
+    """What direct TLS negotiation would save, and what it needs on the client side."""
+    negotiation = str(meta.get("tls_negotiation") or "")
+    version = int(meta.get("server_version_num") or 0)
+    if negotiation == "direct":
+        return "Direct TLS negotiation is already in use."
+    saves = f"saves one round trip{_round_trip(node, floor)} — not the backend start"
+    needs = (
+        "It needs libpq 17+ on the client (psycopg: psycopg.pq.version() >= 170000"
+        + _libpq_note(meta)
+        + "), asyncpg 0.30+ (direct_tls=True), and every proxy or pooler in the path must "
+        "accept direct TLS with ALPN 'postgresql'."
+    )
+    if version >= 170000:
+        return (
+            "The server is PostgreSQL 17+: direct TLS negotiation (sslnegotiation=direct "
+            f"with sslmode=require or stronger) {saves}. {needs}"
+        )
+    return (
+        f"PostgreSQL 17+ accepts direct TLS negotiation (sslnegotiation=direct), which {saves}; "
+        f"this server is older. {needs}"
+    )
+
+
+def _libpq_note(meta: Mapping[str, Any]) -> str:
+    versions = meta.get("versions")
+    libpq = versions.get("libpq") if isinstance(versions, Mapping) else None
+    return f"; this psycopg uses libpq {libpq}" if libpq else ""
+
+
+def _no_resumption(meta: Mapping[str, Any]) -> str:
+    resumed = meta.get("tls_session_resumption")
+    return (
+        " PostgreSQL does not resume TLS sessions (no session cache, no tickets), so "
+        "every new connection pays a full handshake"
+        + (" (measured: the offered session was not resumed)" if resumed is False else "")
+        + "; cut the number of handshakes with a pre-warmed pool, or terminate TLS in a "
+        "pooler close to the application that keeps long-lived server connections."
+    )
+
+
+_BACKEND_START = (
+    "the server starting a backend process for the connection (it starts one when it "
+    "accepts the socket; without TLS the same time lands in startup)"
+)
+
+
+def _advise_tls(
+    phase: str,
+    node: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    floor: float | None,
+    took: str,
+    prewarm: str,
+) -> str:
+    negotiation = str(meta.get("tls_negotiation") or "")
+    if negotiation == "sslrequest-refused":
+        return (
+            f"No TLS was negotiated: the server refused the SSLRequest (sslmode=prefer "
+            f"against a server without TLS), and this phase{took} is that refused request: "
+            f"one round trip plus {_BACKEND_START}. sslmode=disable would save the round "
+            f"trip{_round_trip(node, floor)}, not the backend start — and a session without "
+            "TLS travels in the clear: better turn TLS on at the server and connect with "
+            "sslmode=verify-full. To cut the backend starts, reuse sessions: a pre-warmed "
+            "pool, or a pooler (PgBouncer) in front." + prewarm
+        )
+    if phase == "tls_request":
+        return (
+            f"The answer to the SSLRequest{took} dominates: it is mostly {_BACKEND_START}, "
+            "plus one round trip. Reuse sessions (a pre-warmed pool, or a pooler such as "
+            f"PgBouncer in front) to start fewer backends. {_direct_tls(node, meta, floor)}"
+            + prewarm
+        )
+    detail = _detail(node)
+    request = _p50(detail.get("tls_request"))
+    handshake = _p50(detail.get("tls_handshake"))
+    if phase == "tls_handshake":
+        what = f"The TLS handshake{took} dominates"
+        if negotiation == "direct":
+            what += f" (with direct negotiation it also carries {_BACKEND_START})"
+    elif request is not None and handshake is not None:
+        what = (
+            f"TLS{took} dominates: the SSLRequest answer {request:.1f} ms (mostly "
+            f"{_BACKEND_START}) and the handshake {handshake:.1f} ms"
+        )
+    else:
+        what = (
+            f"TLS{took} dominates (the SSLRequest answer, which waits for the server to start "
+            "a backend process, and the handshake)"
+        )
+    return f"{what}. {_direct_tls(node, meta, floor)}{_no_resumption(meta)}{prewarm}"
 
 
 def advise(
@@ -421,8 +627,15 @@ def advise(
 ) -> str:
     """The advice that fits ``phase`` for ``driver``, using the facts in ``meta``
     (``tls_negotiation``, ``server_version_num``, ``auth_method``, ``scram_iterations``,
-    ``transport``)."""
-    p50 = _p50(node.get(phase))
+    ``transport``, ``versions``)."""
+    if phase in ("tls_request", "tls_handshake"):
+        detail = _detail(node)
+        p50 = _p50(detail.get(phase))
+    elif phase == DRIVER_CONNECT:
+        own = driver_connect(node)
+        p50 = own[0] if own is not None else None
+    else:
+        p50 = _p50(node.get(phase))
     took = f" ({p50:.1f} ms p50)" if p50 is not None else ""
     version = int(meta.get("server_version_num") or 0)
     asyncpg_based = driver in ("asyncpg", "sqlalchemy-async")
@@ -442,87 +655,21 @@ def advise(
             "open, or run a pooler (PgBouncer) next to the application so new sessions are "
             "local." + prewarm
         )
-    if phase == "tls":
-        negotiation = str(meta.get("tls_negotiation") or "")
-        if negotiation == "direct":
-            direct = "Direct TLS negotiation is already in use."
-        elif version >= 170000:
-            direct = (
-                "The server is PostgreSQL 17+: use direct TLS negotiation "
-                "(sslnegotiation=direct with sslmode=require or stronger; asyncpg: "
-                "direct_tls=True) to save the SSLRequest round trip."
-            )
-        else:
-            direct = (
-                "PostgreSQL 17+ accepts direct TLS negotiation (sslnegotiation=direct), which "
-                "saves the SSLRequest round trip; this server is older."
-            )
-        resumed = meta.get("tls_session_resumption")
-        resumption = (
-            " PostgreSQL does not resume TLS sessions (no session cache, no tickets), so "
-            "every new connection pays a full handshake"
-            + (" (measured: the offered session was not resumed)" if resumed is False else "")
-            + "; cut the number of handshakes with a pre-warmed pool, or terminate TLS in a "
-            "pooler close to the application that keeps long-lived server connections."
-        )
-        return f"The TLS handshake{took} dominates. {direct}{resumption}{prewarm}"
+    if phase in ("tls", "tls_request", "tls_handshake"):
+        return _advise_tls(phase, node, meta, floor, took, prewarm)
     if phase == "startup":
-        auth = str(meta.get("auth_method") or "")
-        iterations = meta.get("scram_iterations")
-        scram_ms = meta.get("scram_client_p50_ms")
-        if auth == "scram-sha-256":
-            cost = f" ({scram_ms:.1f} ms in the protocol client)" if scram_ms is not None else ""
-            knob = (
-                "lower `scram_iterations` (PostgreSQL 16+; set it, then set the role's password "
-                "again)"
-                if version >= 160000 or version == 0
-                else "upgrade to PostgreSQL 16+ for `scram_iterations`"
-            )
-            return (
-                f"Start-up and authentication{took} dominate. SCRAM-SHA-256 makes the client "
-                f"derive its key with PBKDF2 over {iterations or 4096} iterations on every "
-                f"connection{cost}: {knob} only for a strong password, as fewer iterations "
-                "weaken a stolen verifier. The rest is the server starting a backend process "
-                "for the session: reuse sessions through a pool or a pooler (PgBouncer) in "
-                "front." + prewarm
-            )
-        return (
-            f"Start-up{took} dominates: the server starts a backend process for every "
-            f"connection and authenticates it ({auth or 'unknown'} here). Reuse server "
-            "sessions: a pre-warmed application pool, or a pooler (PgBouncer) in front "
-            "for many processes." + prewarm
-        )
+        return _advise_startup(meta, version, took, prewarm)
     if phase == "driver_init":
-        if driver == "sqlalchemy-async":
-            what = (
-                "The engine initialises the dialect on its first connect (a transaction with "
-                "four queries, each prepared by asyncpg first) and the asyncpg dialect sets "
-                "up json and jsonb codecs on every new connection"
-            )
-        elif driver == "sqlalchemy":
-            what = (
-                "The engine initialises the dialect on its first connect (a transaction with "
-                "server version, schema, isolation level and standard_conforming_strings "
-                "queries and an hstore type lookup)"
-            )
-        elif driver == "asyncpg":
-            what = (
-                "asyncpg's connection set-up; type introspection runs for every type a "
-                "connection has not seen (register codecs once in a pool's init=)"
-            )
-        else:
-            what = "The driver's own set-up after the server is ready"
-        return (
-            f"{what}{took}. Create engines once per process (never per request), keep "
-            "statement_cache_size at its default (0 only behind PgBouncer in transaction "
-            "mode), and pay this once at start-up." + prewarm
-        )
+        return _advise_driver_init(driver, took, prewarm)
     if phase == "first_query":
         if asyncpg_based:
             what = (
                 "asyncpg prepares every statement before running it, so a fresh connection "
-                "pays an extra round trip; pooled connections reuse prepared statements "
-                "(statement_cache_size, default 100)"
+                "pays an extra round trip; a pooled connection reuses its prepared "
+                "statements (statement_cache_size, default 100). Behind PgBouncer in "
+                "transaction mode that keeps working with PgBouncer 1.21+ and "
+                "max_prepared_statements set; only an older pooler needs "
+                "statement_cache_size=0, which makes every query pay the extra round trip"
             )
         elif driver == "sqlalchemy":
             what = "SQLAlchemy sends BEGIN before the first statement: one more round trip"
@@ -530,8 +677,6 @@ def advise(
             what = "the first statement on a new backend also loads its catalog caches"
         return f"The first query{took} dominates: {what}." + prewarm
     if phase == DRIVER_CONNECT:
-        gap = meta.get("connect_gap_p50_ms")
-        gap_text = f" ({gap:.1f} ms p50)" if isinstance(gap, (int, float)) else ""
         scram = ""
         if meta.get("auth_method") == "scram-sha-256":
             iterations = meta.get("scram_iterations") or 4096
@@ -543,12 +688,87 @@ def advise(
                 "password."
             )
         return (
-            f"The driver's own work while connecting{gap_text}: its connect minus a minimal "
-            "client's DNS, TCP, TLS and start-up measured right next to it (option parsing, "
-            f"key derivation, event-loop transport set-up).{scram} It is paid per "
+            f"The driver's own work while connecting{took}: its connect minus a minimal "
+            "client's DNS, TCP, TLS and start-up measured right next to it, per pair (option "
+            f"parsing, key derivation, event-loop transport set-up).{scram} It is paid per "
             "connection: reuse connections." + prewarm
         )
     return "Reuse connections." + prewarm
+
+
+def _advise_startup(meta: Mapping[str, Any], version: int, took: str, prewarm: str) -> str:
+    auth = str(meta.get("auth_method") or "")
+    if auth == "scram-sha-256":
+        iterations = meta.get("scram_iterations")
+        scram_ms = meta.get("scram_client_p50_ms")
+        cost = f" ({scram_ms:.1f} ms in the protocol client)" if scram_ms is not None else ""
+        knob = (
+            "lower `scram_iterations` (PostgreSQL 16+; set it, then set the role's password again)"
+            if version >= 160000 or version == 0
+            else "upgrade to PostgreSQL 16+ for `scram_iterations`"
+        )
+        return (
+            f"Start-up and authentication{took} dominate. SCRAM-SHA-256 makes the client "
+            f"derive its key with PBKDF2 over {iterations or 4096} iterations on every "
+            f"connection{cost}: {knob} only for a strong password, as fewer iterations "
+            "weaken a stolen verifier. The rest is the server starting a backend process "
+            "for the session: reuse sessions through a pool or a pooler (PgBouncer) in "
+            "front." + prewarm
+        )
+    method = ""
+    if auth == "md5":
+        method = (
+            " md5 password authentication is deprecated since PostgreSQL 18 (setting an md5 "
+            "password warns, and support will be removed): move the role to scram-sha-256 "
+            "— which costs the client more per connection (PBKDF2 over scram_iterations, "
+            "4096 by default), one more reason to reuse connections."
+        )
+    elif auth == "password":
+        method = (
+            " The server asks for the password in cleartext (pg_hba.conf method password): "
+            "move to scram-sha-256, and connect with sslmode=verify-full and "
+            "require_auth=scram-sha-256 so no server can ask for less."
+        )
+    return (
+        f"Start-up{took} dominates: the server starts a backend process for every "
+        f"connection and authenticates it ({auth or 'unknown'} here). Reuse server "
+        "sessions: a pre-warmed application pool, or a pooler (PgBouncer) in front "
+        f"for many processes.{method}" + prewarm
+    )
+
+
+def _advise_driver_init(driver: str, took: str, prewarm: str) -> str:
+    if driver in ("sqlalchemy", "sqlalchemy-async"):
+        queries = (
+            "each prepared by asyncpg first; the asyncpg dialect also sets up json and "
+            "jsonb codecs on every new connection, with no catalog query for these "
+            "built-in types"
+            if driver == "sqlalchemy-async"
+            else "and an hstore type lookup"
+        )
+        return (
+            f"The engine initialises the dialect on its first connect{took}: a transaction "
+            "with server version, schema, isolation level and standard_conforming_strings "
+            f"queries, {queries}. Create the engine once per process (never per request) "
+            "and pre-warm its pool, so that only the first connection pays it." + prewarm
+        )
+    if driver == "asyncpg":
+        return (
+            f"asyncpg's work after the server is ready{took}. It introspects a type (a "
+            "catalog query, cached per connection) the first time a connection meets one "
+            "that is not built in — enums, domains, composite types, arrays of them; "
+            "set_type_codec() runs its own catalog query every time it is called, so a "
+            "pool's init= (which runs for every new connection) pays it on every new "
+            "connection rather than once. When the introspection query itself is slow, "
+            "the usual cause is JIT compiling it: connect with "
+            "server_settings={'jit': 'off'}. Open connections through a pool, once." + prewarm
+        )
+    return (
+        f"psycopg's own set-up after libpq reports the connection ready{took} (building "
+        "the connection object): it is small; if it dominates, look at what runs on "
+        "connect in the application (connection hooks, type registrations). Open "
+        "connections through a pool, once." + prewarm
+    )
 
 
 def advise_process(driver: str, phase: str) -> str:

@@ -10,6 +10,8 @@
 ``metrics["coldstart"][<driver>][<phase>]`` are :class:`~dbprobe.report.model.Distribution`
 objects in ms; phases ``dns``, ``tcp``, ``tls``, ``startup`` (from dbprobe's protocol
 client), ``connect``, ``driver_init``, ``first_query``, ``total`` (from the driver);
+``detail`` holds the protocol client's finer figures from the same pairs and
+``connect_gap``, the driver's connect minus the paired establishment, pair by pair;
 ``_meta`` says which is which. See docs/coldstart.md.
 """
 

@@ -81,6 +81,8 @@ class DriverProbe(abc.ABC):
     name: str = ""
     #: the pool used for the warm measurements
     pool_kind: str = ""
+    #: how that pool opens its minimum size (``pool_ready`` is not like for like)
+    pool_opens: str = ""
     #: what ``driver_init`` and ``first_query`` cover for this driver
     covers: dict[str, str] = {}  # noqa: RUF012 - read-only class constant
 
@@ -109,6 +111,7 @@ class DriverProbe(abc.ABC):
 class PsycopgProbe(DriverProbe):
     name = "psycopg"
     pool_kind = "psycopg_pool.ConnectionPool (min_size = max_size)"
+    pool_opens = "concurrently: psycopg_pool's worker threads (3 by default) connect in parallel"
     covers = {  # noqa: RUF012
         "connect": "psycopg.connect() until libpq reports the connection ready "
         "(psycopg's own DNS lookup, libpq's TCP, TLS and start-up)",
@@ -197,6 +200,7 @@ class _PsycopgPool(WarmPool):
 class AsyncpgProbe(DriverProbe):
     name = "asyncpg"
     pool_kind = "asyncpg.Pool (min_size = max_size)"
+    pool_opens = "concurrently: asyncpg connects one, then the rest together"
     covers = {  # noqa: RUF012
         "connect": "asyncpg.connect() until the server's ReadyForQuery (the event loop's "
         "DNS lookup, TCP, TLS and start-up)",
@@ -406,8 +410,15 @@ class _EnginePool(WarmPool):
         self.probe.call(self.engine.dispose)
 
 
+_ENGINE_POOL_OPENS = (
+    "one after another: SQLAlchemy's pool has no minimum size, so pool_size connections "
+    "are checked out in turn"
+)
+
+
 class SqlalchemyProbe(_EngineProbe):
     name = "sqlalchemy"
+    pool_opens = _ENGINE_POOL_OPENS
     pool_kind = "SQLAlchemy QueuePool, pre-warmed by checking out pool_size connections"
     covers = {  # noqa: RUF012
         "connect": "engine.connect() until psycopg's connection exists (pool checkout, "
@@ -423,6 +434,7 @@ class SqlalchemyProbe(_EngineProbe):
 
 class SqlalchemyAsyncProbe(_EngineProbe):
     name = "sqlalchemy-async"
+    pool_opens = _ENGINE_POOL_OPENS
     is_async = True
     pool_kind = "SQLAlchemy AsyncAdaptedQueuePool, pre-warmed by checking out pool_size connections"
     covers = {  # noqa: RUF012

@@ -3,8 +3,8 @@ protocol client connect with exactly the same settings.
 
 libpq's defaults and environment variables (``PGHOST``, ``PGPORT``, ``PGUSER``,
 ``PGDATABASE``, ``PGPASSWORD``, ``PGPASSFILE``, ``PGSSLMODE``, ``PGSSLNEGOTIATION``,
-``PGSSLROOTCERT``, ``PGCONNECT_TIMEOUT``) apply where the URL says nothing; each driver
-then gets every value explicitly. Pure apart from reading the password file.
+``PGSSLROOTCERT``, ``PGCONNECT_TIMEOUT``, ``PGREQUIREAUTH``) apply where the URL says
+nothing; each driver then gets every value explicitly. Pure apart from reading the password file.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dbprobe.coldstart import wire
 from dbprobe.errors import UsageError
 from dbprobe.urls import DatabaseTarget
 
+REQUIRE_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "oauth", "none")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSL_NEGOTIATIONS = ("postgres", "direct")
 # libpq's compiled-in socket directories differ by build; these are searched in order.
@@ -31,6 +33,71 @@ APPLICATION_NAME = "dbprobe-coldstart"
 # (psycopg and the protocol client) and listed in the report as not given to asyncpg.
 _SSL_FILE_KEYS = ("sslrootcert", "sslcert", "sslkey")
 _CONSUMED = {"sslmode", "sslnegotiation", "connect_timeout", "application_name", *_SSL_FILE_KEYS}
+
+
+class AuthenticationRefused(wire.AuthenticationError):
+    """The client refuses the authentication the server asked for (``require_auth``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthRequirement:
+    """libpq's ``require_auth``: the authentication methods the client accepts.
+
+    methods: the listed names (``password``, ``md5``, ``gss``, ``sspi``,
+    ``scram-sha-256``, ``oauth``, ``none``); negated: the list was given as ``!name,...``
+    (every method except those). No list (the default) accepts anything.
+    """
+
+    methods: frozenset[str] = frozenset()
+    negated: bool = False
+    given: str = ""
+
+    @classmethod
+    def parse(cls, text: str | None) -> AuthRequirement:
+        """Parse a ``require_auth`` value; raises :class:`UsageError` when malformed."""
+        if not text:
+            return cls()
+        names = [part.strip() for part in text.split(",")]
+        negated = {name.startswith("!") for name in names}
+        if len(negated) != 1:
+            raise UsageError(
+                f"require_auth={text!r}: negative and positive methods cannot be mixed"
+            )
+        methods = frozenset(name.lstrip("!") for name in names)
+        unknown = sorted(m for m in methods if m not in REQUIRE_AUTH_METHODS)
+        if unknown:
+            raise UsageError(
+                f"require_auth={text!r}: unknown method {unknown[0]!r} "
+                f"(choose from {', '.join(REQUIRE_AUTH_METHODS)})"
+            )
+        return cls(methods, negated.pop(), text)
+
+    def allows(self, method: str) -> bool:
+        if not self.given:
+            return True
+        return (method in self.methods) != self.negated
+
+    def explicitly_allows(self, method: str) -> bool:
+        """Whether the list names ``method`` (an explicit opt-in, not a mere
+        "anything but ...")."""
+        return bool(self.given) and not self.negated and method in self.methods
+
+    def check_requested(self, method: str) -> None:
+        """Raise when the server asks for ``method`` and the list refuses it."""
+        if not self.allows(method):
+            raise AuthenticationRefused(
+                f"the server asked for {method} authentication, which "
+                f"require_auth={self.given} does not allow"
+            )
+
+    def check_completed(self, method: str) -> None:
+        """At AuthenticationOk: ``method`` is what the server asked for (``none`` when
+        it asked for nothing)."""
+        if method == "none" and not self.allows("none"):
+            raise AuthenticationRefused(
+                f"the server did not complete authentication (it asked for none), but "
+                f"require_auth={self.given} requires it"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +153,12 @@ class ConnectParams:
     @property
     def tls_required(self) -> bool:
         return self.sslmode in ("require", "verify-ca", "verify-full")
+
+    @property
+    def auth_requirement(self) -> AuthRequirement:
+        """The URL's ``require_auth`` (libpq 16+), enforced by the protocol client and
+        passed to libpq."""
+        return AuthRequirement.parse(self.extra.get("require_auth"))
 
     @property
     def where(self) -> str:
@@ -193,6 +266,9 @@ def resolve(
             raise UsageError(f"connect_timeout {timeout_text!r} is not a number") from None
     if timeout <= 0:
         timeout = DEFAULT_CONNECT_TIMEOUT_S  # libpq: 0 means wait forever; we bound it
+    if not opts.get("require_auth") and env.get("PGREQUIREAUTH"):
+        opts["require_auth"] = env["PGREQUIREAUTH"]
+    AuthRequirement.parse(opts.get("require_auth"))  # fail early on a malformed list
     files = {key: opts.pop(key, None) for key in _SSL_FILE_KEYS}
     if not files["sslrootcert"]:
         files["sslrootcert"] = env.get("PGSSLROOTCERT")

@@ -18,13 +18,20 @@ work step by step on a blocking socket and stamps each step:
     SSLRequest's round trip.
 ``startup``
     StartupMessage to ReadyForQuery, including authentication (trust, cleartext,
-    MD5, SCRAM-SHA-256 with the client proof and the server signature checked).
-    Split into ``auth`` (to AuthenticationOk; without TLS the backend process start
-    lands here) and ``server_init`` (AuthenticationOk to ReadyForQuery: the backend
-    loading its session state); ``scram_client`` is the client's own PBKDF2 time inside
-    ``auth``.
+    MD5, SCRAM-SHA-256 with the client proof and the server signature checked) and
+    the backend's session set-up. Not split further: PostgreSQL queues
+    AuthenticationOk without flushing it and sends it together with ReadyForQuery,
+    so the client cannot see where authentication ends. Without TLS the backend
+    process start lands here too. ``scram_client`` is the client's own PBKDF2 time
+    inside ``startup``.
 ``first_query``
     a simple-protocol ``SELECT 1`` round trip.
+
+Authentication is checked the way a careful client must: once SCRAM has started, the
+connection is refused unless the server proves it knows the password (SASLFinal with
+the right signature) before AuthenticationOk, and methods may not change halfway. A
+cleartext password is sent over TCP only inside TLS, unless the URL opts in with
+libpq's ``require_auth=password``; ``require_auth`` is enforced as libpq does.
 """
 
 from __future__ import annotations
@@ -54,6 +61,11 @@ class TlsNegotiationError(Exception):
     """TLS was wanted but could not be negotiated (message says why)."""
 
 
+class NoAnswerError(TimeoutError):
+    """The TCP connection was accepted, but the server did not answer (or stopped
+    answering) within the connect timeout. The message is the one line to show."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HandshakeFacts:
     """What one connection learned about the server and the negotiation."""
@@ -81,8 +93,6 @@ class ProtocolTimings:
     tls_request: float | None
     tls_handshake: float | None
     startup: float
-    auth: float
-    server_init: float
     scram_client: float | None
     first_query: float | None
     total: float
@@ -158,6 +168,7 @@ class ProtocolConnection:
         self.deadline_ns = deadline_ns
         self.parameters: dict[str, str] = {}
         self.backend_pid: int | None = None
+        self.bytes_received = 0
         self.closed = False
 
     # -- I/O --------------------------------------------------------------------------
@@ -183,6 +194,7 @@ class ProtocolConnection:
                 raise TimeoutError("timeout expired") from None
             if not data:
                 raise ConnectionResetError("server closed the connection unexpectedly")
+            self.bytes_received += len(data)
             self.reader.feed(data)
 
     def simple_query(self, sql: str, *, timeout_s: float | None = None) -> list[list[bytes | None]]:
@@ -235,6 +247,9 @@ class ConnectResult:
     timings: ProtocolTimings
     facts: HandshakeFacts
     tls_session: ssl.SSLSession | None
+    #: the socket address the connection reached (the TCP floor connects to it)
+    family: int
+    sockaddr: object
 
 
 def connect(
@@ -248,8 +263,11 @@ def connect(
     context: a TLS context to reuse (default: a new one per connection, created inside
     the ``tls`` phase as libpq does); tls_session: a session to offer for resumption.
     Raises ``OSError`` (DNS, TCP), :class:`TlsNegotiationError`,
-    :class:`wire.ServerError` (the server refused us), :class:`wire.AuthenticationError`,
-    :class:`NotPostgresError` or ``TimeoutError``; nothing stays open on failure.
+    :class:`wire.ServerError` (the server refused us), :class:`wire.AuthenticationError`
+    (including what the client refuses: a skipped SCRAM signature, a cleartext password
+    without TLS, a method ``require_auth`` does not allow), :class:`NotPostgresError`,
+    ``TimeoutError`` (TCP connect) or :class:`NoAnswerError` (connected, no answer);
+    nothing stays open on failure.
     """
     t0 = time.perf_counter_ns()
     deadline = t0 + int(params.connect_timeout * 1e9)
@@ -262,12 +280,14 @@ def connect(
         addresses = [(family, sockaddr) for family, _t, _p, _c, sockaddr in infos]
         t_dns = time.perf_counter_ns()
     else:
-        family = socket.AF_INET6 if ":" in params.host else socket.AF_INET
-        addresses = [(family, (params.host, params.port))]
+        literal_family = socket.AF_INET6 if ":" in params.host else socket.AF_INET
+        addresses = [(literal_family, (params.host, params.port))]
     # -- tcp ------------------------------------------------------------------------
-    sock, address = _connect_socket(addresses, deadline)
+    sock, family, sockaddr = _connect_socket(addresses, deadline)
     t_tcp = time.perf_counter_ns()
+    address = _describe(family, sockaddr)
     conn: ProtocolConnection | None = None
+    answered = False
     try:
         reader = wire.MessageReader()
         negotiation = "none"
@@ -280,6 +300,7 @@ def connect(
             sock, negotiation, t_answer = _negotiate_tls(
                 sock, params, context, tls_session, deadline
             )
+            answered = True
             t_tls = time.perf_counter_ns()
             if isinstance(sock, ssl.SSLSocket):
                 tls_version = sock.version()
@@ -299,17 +320,19 @@ def connect(
             startup_params["options"] = params.extra["options"]
         conn.send(wire.startup_message(startup_params))
         auth_method, scram = _authenticate(conn, params)
-        t_auth = time.perf_counter_ns()
         _wait_ready(conn)
         t_ready = time.perf_counter_ns()
         if isinstance(conn.sock, ssl.SSLSocket):
             session = conn.sock.session
-    except BaseException:
+    except BaseException as exc:
         if conn is not None:
+            answered = answered or conn.bytes_received > 0
             conn.close()
         else:
             with contextlib.suppress(OSError):
                 sock.close()
+        if isinstance(exc, TimeoutError) and not isinstance(exc, NoAnswerError):
+            raise _no_answer(params, answered) from None
         raise
     scram_ms = scram.salted_password_s * 1000 if scram and scram.salted_password_s else None
     timings = ProtocolTimings(
@@ -323,8 +346,6 @@ def connect(
             else None
         ),
         startup=_ms(t_start, t_ready),
-        auth=_ms(t_start, t_auth),
-        server_init=_ms(t_auth, t_ready),
         scram_client=scram_ms,
         first_query=None,
         total=_ms(t0, t_ready),
@@ -342,7 +363,20 @@ def connect(
         server_version=conn.parameters.get("server_version", ""),
         backend_pid=conn.backend_pid,
     )
-    return ConnectResult(conn, timings, facts, session)
+    return ConnectResult(conn, timings, facts, session, family, sockaddr)
+
+
+def _no_answer(params: ConnectParams, answered: bool) -> NoAnswerError:
+    timeout = f"{params.connect_timeout:g} s"
+    if answered:
+        return NoAnswerError(
+            f"{params.where} stopped answering during connection start-up "
+            f"(nothing within {timeout})"
+        )
+    return NoAnswerError(
+        f"{params.where} accepted the connection but did not answer within {timeout} "
+        "(is it a PostgreSQL server?)"
+    )
 
 
 def measure(params: ConnectParams) -> tuple[ProtocolTimings, HandshakeFacts]:
@@ -364,33 +398,38 @@ def measure(params: ConnectParams) -> tuple[ProtocolTimings, HandshakeFacts]:
     return timings, result.facts
 
 
-def tcp_connect_ms(family: int, sockaddr: object, timeout_s: float = 10.0) -> float:
-    """The raw floor: one socket connect to an already resolved address, in ms (the
-    close is not timed)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def tcp_floor_ms(family: int, sockaddr: object, timeout_s: float = 10.0) -> float:
+    """The raw floor: one TCP (or unix-socket) connect to an already resolved address,
+    in ms, timed exactly like the protocol client's ``tcp`` phase (socket creation,
+    connect, ``TCP_NODELAY``).
+
+    Untimed afterwards: the client half-closes and waits (up to ``timeout_s``) until
+    the server closes its end. PostgreSQL starts a backend process for every accepted
+    connection; this lets that backend see end-of-file and exit before the next timed
+    connection, instead of competing with it for the CPU.
+    """
+    deadline = time.perf_counter_ns() + int(timeout_s * 1e9)
+    t0 = time.perf_counter_ns()
+    sock, _family, _sockaddr = _connect_socket([(family, sockaddr)], deadline)
+    t1 = time.perf_counter_ns()
     try:
-        sock.settimeout(timeout_s)
-        t0 = time.perf_counter_ns()
-        sock.connect(sockaddr)  # type: ignore[arg-type]
-        t1 = time.perf_counter_ns()
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(max(0.001, (deadline - time.perf_counter_ns()) / 1e9))
+        while sock.recv(4096):
+            pass
+    except OSError:  # a timeout or a reset: the floor figure is already taken
+        pass
     finally:
         sock.close()
     return _ms(t0, t1)
 
 
-def resolve_first(params: ConnectParams) -> tuple[int, object]:
-    """The first address a connection to ``params`` would try (for the TCP floor)."""
-    if params.transport == "unix":
-        return socket.AF_UNIX, params.socket_path
-    infos = socket.getaddrinfo(params.host, params.port, type=socket.SOCK_STREAM)
-    family, _t, _p, _c, sockaddr = infos[0]
-    return family, sockaddr
-
-
 # -- steps ------------------------------------------------------------------------------
 def _connect_socket(
     addresses: list[tuple[int, object]], deadline_ns: int
-) -> tuple[socket.socket, str]:
+) -> tuple[socket.socket, int, object]:
+    """Connect to the first address that accepts (libpq's order); the socket and the
+    address it reached."""
     last: OSError | None = None
     for family, sockaddr in addresses:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -410,7 +449,7 @@ def _connect_socket(
             sock.close()
             last = exc
             continue
-        return sock, _describe(family, sockaddr)
+        return sock, family, sockaddr
     assert last is not None
     raise last
 
@@ -431,7 +470,8 @@ def _negotiate_tls(
     deadline_ns: int,
 ) -> tuple[socket.socket, str, int | None]:
     """TLS per ``params``: the socket to go on with, the negotiation used, and when the
-    SSLRequest was answered (classic negotiation only)."""
+    SSLRequest was answered (classic negotiation only). On failure the TLS socket is
+    closed here: wrapping detaches ``sock``, so the caller's handle no longer owns it."""
     t_answer: int | None = None
     left = max(0.001, (deadline_ns - time.perf_counter_ns()) / 1e9)
     sock.settimeout(left)
@@ -440,11 +480,10 @@ def _negotiate_tls(
     else:
         negotiation = "sslrequest"
         sock.sendall(wire.ssl_request())
-        try:
-            answer = sock.recv(1)
-        except TimeoutError:
-            raise TimeoutError("timeout expired") from None
+        answer = sock.recv(1)
         t_answer = time.perf_counter_ns()
+        if not answer:
+            raise ConnectionResetError("server closed the connection unexpectedly")
         if answer == b"N":
             if params.tls_required:
                 raise TlsNegotiationError("server does not support SSL, but SSL was required")
@@ -455,64 +494,136 @@ def _negotiate_tls(
             raise NotPostgresError(
                 f"not a PostgreSQL server (answered the SSLRequest with {answer!r})"
             )
+        if _unencrypted_bytes_waiting(sock):
+            # as libpq: the server must say nothing more before the TLS handshake
+            # (an SSH server's banner starts with 'S', for one)
+            raise NotPostgresError(
+                "received unencrypted data after the SSL response (not a PostgreSQL server?)"
+            )
     ctx = context or tls_context(params)  # after the answer, as libpq does
+    sock.settimeout(max(0.001, (deadline_ns - time.perf_counter_ns()) / 1e9))
+    tls = ctx.wrap_socket(
+        sock,
+        server_hostname=params.host,
+        do_handshake_on_connect=False,
+        session=session,
+    )
     try:
-        tls = ctx.wrap_socket(
-            sock,
-            server_hostname=params.host,
-            do_handshake_on_connect=False,
-            session=session,
-        )
         tls.do_handshake()
-    except TimeoutError:
-        sock.close()
-        raise TimeoutError("timeout expired") from None
-    except ssl.SSLCertVerificationError:
-        sock.close()
-        raise
-    except (ssl.SSLError, OSError) as exc:
-        sock.close()
-        if negotiation == "direct":
+        if negotiation == "direct" and tls.selected_alpn_protocol() != wire.ALPN_POSTGRESQL:
+            raise TlsNegotiationError(
+                "the server did not select ALPN protocol 'postgresql' for direct TLS"
+            )
+    except BaseException as exc:
+        tls.close()
+        if isinstance(exc, TimeoutError):
+            # classic negotiation: the SSLRequest was answered, the handshake stalled
+            raise _no_answer(params, answered=negotiation == "sslrequest") from None
+        if (
+            negotiation == "direct"
+            and isinstance(exc, (ssl.SSLError, OSError))
+            and not isinstance(exc, (ssl.SSLCertVerificationError, TimeoutError))
+        ):
             raise TlsNegotiationError(
                 "the server closed a direct TLS connection: sslnegotiation=direct needs "
                 "PostgreSQL 17 or later with ssl=on (use sslnegotiation=postgres): "
                 f"{type(exc).__name__}"
             ) from None
         raise
-    if negotiation == "direct" and tls.selected_alpn_protocol() != wire.ALPN_POSTGRESQL:
-        tls.close()
-        raise TlsNegotiationError(
-            "the server did not select ALPN protocol 'postgresql' for direct TLS"
-        )
     return tls, negotiation, t_answer
+
+
+def _unencrypted_bytes_waiting(sock: socket.socket) -> bool:
+    """Whether bytes have already arrived after the one-byte SSLRequest answer."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait for data to come
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except (BlockingIOError, InterruptedError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
+_METHOD_BY_CODE = {
+    wire.AUTH_CLEARTEXT: "password",
+    wire.AUTH_MD5: "md5",
+    wire.AUTH_SASL: "scram-sha-256",
+    wire.AUTH_GSS: "gss",
+    wire.AUTH_SSPI: "sspi",
+    wire.AUTH_KERBEROS_V5: "kerberos",
+}
 
 
 def _authenticate(
     conn: ProtocolConnection, params: ConnectParams
 ) -> tuple[str, wire.ScramClient | None]:
-    """Run the authentication exchange up to AuthenticationOk; the method used."""
-    method = "trust"
+    """Run the authentication exchange up to AuthenticationOk; the method used.
+
+    Refuses (:class:`wire.AuthenticationError`) what a careful client must: a method
+    ``require_auth`` does not allow, a second method after one has started, a cleartext
+    password over TCP without TLS (unless ``require_auth`` names ``password``), and
+    AuthenticationOk after SCRAM has started but before the server's signature has
+    been verified.
+    """
+    requirement = params.auth_requirement
+    method = "none"  # what the server asked for ("none": trust, no request at all)
     scram: wire.ScramClient | None = None
+    scram_verified = False
     while True:
         kind, payload = conn.next_message()
         if kind == b"E":
             raise wire.ServerError.from_fields(wire.parse_error_fields(payload))
-        if kind == b"v":  # NegotiateProtocolVersion: fine, we asked for nothing optional
+        if kind in (b"v", b"N"):  # NegotiateProtocolVersion; a notice may come any time
             continue
         if kind != b"R":
             raise NotPostgresError(f"unexpected message {kind!r} during authentication")
         code, data = wire.parse_auth(payload)
         if code == wire.AUTH_OK:
-            return method, scram
+            if scram is not None and not scram_verified:
+                raise wire.AuthenticationError(
+                    "the server ended SCRAM authentication without its server signature "
+                    "(AuthenticationOk before SASLFinal): it did not prove it knows the "
+                    "password"
+                )
+            requirement.check_completed(method)
+            return ("trust" if method == "none" else method), scram
+        if code == wire.AUTH_SASL_CONTINUE:
+            if scram is None or scram.iterations is not None:
+                raise NotPostgresError("SASLContinue out of turn in the SCRAM exchange")
+            conn.send(wire.sasl_response(scram.client_final(data)))
+            continue
+        if code == wire.AUTH_SASL_FINAL:
+            if scram is None:
+                raise NotPostgresError("SASLFinal without a SASL exchange")
+            scram.verify_server_final(data)
+            scram_verified = True
+            continue
+        asked = _METHOD_BY_CODE.get(code, f"code {code}")
+        if method != "none":
+            during = "in the middle of SCRAM" if scram is not None else f"after {method}"
+            raise wire.AuthenticationError(
+                f"the server asked for {asked} authentication {during}: refused"
+            )
+        method = asked
+        requirement.check_requested(asked)
         if code == wire.AUTH_CLEARTEXT:
-            method = "password"
+            if (
+                params.transport == "tcp"
+                and not isinstance(conn.sock, ssl.SSLSocket)
+                and not requirement.explicitly_allows("password")
+            ):
+                raise wire.AuthenticationError(
+                    "the server asked for the password in cleartext over a connection "
+                    "without TLS: not sent (add require_auth=password to the URL to allow "
+                    "it; better: TLS with sslmode=verify-full and scram-sha-256 on the "
+                    "server, require_auth=scram-sha-256 on the client)"
+                )
             conn.send(wire.password_message(_password(params).encode()))
         elif code == wire.AUTH_MD5:
-            method = "md5"
             digest = wire.md5_password(params.user, _password(params), data[:4])
             conn.send(wire.password_message(digest))
         elif code == wire.AUTH_SASL:
-            method = "scram-sha-256"
             mechanisms = wire.sasl_mechanisms(data)
             if wire.SCRAM_SHA_256 not in mechanisms:
                 raise wire.AuthenticationError(
@@ -521,18 +632,9 @@ def _authenticate(
                 )
             scram = wire.ScramClient(_password(params))
             conn.send(wire.sasl_initial_response(wire.SCRAM_SHA_256, scram.client_first()))
-        elif code == wire.AUTH_SASL_CONTINUE:
-            if scram is None:
-                raise NotPostgresError("SASLContinue without a SASL exchange")
-            conn.send(wire.sasl_response(scram.client_final(data)))
-        elif code == wire.AUTH_SASL_FINAL:
-            if scram is None:
-                raise NotPostgresError("SASLFinal without a SASL exchange")
-            scram.verify_server_final(data)
         else:
-            name = wire.AUTH_NAMES.get(code, f"code {code}")
             raise wire.AuthenticationError(
-                f"authentication method {name} is not supported by the coldstart client"
+                f"authentication method {asked} is not supported by the coldstart client"
             )
 
 

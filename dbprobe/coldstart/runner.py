@@ -5,13 +5,17 @@ Sampling design (so a noisy moment on a shared machine does not land on one driv
 - one untimed warm-up round first (``warmup_rounds``, default 1): every driver and the
   protocol client connect once, so module imports, SQLAlchemy's dialect loading and
   the first use of the TLS library are not counted as connection time;
-- then ``samples`` rounds; each round takes one raw TCP connect (the floor), then
-  every driver in an order rotated by one each round, each driver sample paired with
-  a protocol-client sample taken right next to it (who goes first alternates);
+- then ``samples`` rounds (:func:`schedule`); each round takes one raw TCP connect
+  (the floor) to the address the preflight connection reached, then every driver in
+  an order rotated by one each round, each driver sample paired with a
+  protocol-client sample taken right next to it. Which of the two goes first
+  alternates from round to round, for every driver;
 - samples run back to back: on these machines an idle gap of 10 ms or more makes the
   next connect 3-5 times slower, so no sleep is put between samples unless asked
-  (``idle_ms``, to measure the "first connection after a quiet spell" case). The gaps
-  between timed connections are recorded (``_meta.idle_gaps``);
+  (``idle_ms``: a pause before every timed connection, driver and protocol client
+  alike, to measure the "first connection after a quiet spell" case). The gap before
+  every timed connection is recorded, and whether it followed a pause
+  (``<driver>._meta.pairing``; unplanned gaps in ``_meta.sampling.idle_gaps``);
 - the garbage collector is paused during the timed rounds and run every 10 rounds.
 """
 
@@ -31,7 +35,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from dbprobe.analysis.coldstart_verdicts import (
+    CONNECT_GAP,
     ESTABLISH_PHASES,
+    PROTOCOL_DETAIL,
     Thresholds,
     Verdict,
     additivity,
@@ -119,6 +125,27 @@ class _Preflight:
     facts: protocol.HandshakeFacts
     server_version_num: int
     tls_session_resumption: bool | None
+    family: int
+    sockaddr: object
+
+
+@dataclasses.dataclass(frozen=True)
+class PairStep:
+    """One driver's turn in a round: its sample and the paired protocol-client sample,
+    ``first`` (``protocol`` or ``driver``) going first."""
+
+    driver: str
+    first: str
+
+
+def schedule(drivers: Sequence[str], rounds: int) -> list[list[PairStep]]:
+    """The order of the timed samples: in round ``r`` the drivers rotated left by ``r``;
+    the protocol client goes first in even rounds and the driver in odd rounds, so
+    every driver alternates whatever the number of drivers."""
+    return [
+        [PairStep(name, "protocol" if r % 2 == 0 else "driver") for name in rotate(drivers, r)]
+        for r in range(rounds)
+    ]
 
 
 def rotate(items: Sequence[T], by: int) -> list[T]:
@@ -134,7 +161,9 @@ def explain_failure(exc: BaseException, params: ConnectParams, who: str = "") ->
     if isinstance(exc, DbprobeError):
         return exc
     target = DatabaseTarget(host=params.host, port=params.port, user=params.user)
-    if isinstance(exc, wire.ProtocolViolation):
+    if isinstance(exc, protocol.NoAnswerError):
+        error = ConnectError(str(exc))
+    elif isinstance(exc, wire.ProtocolViolation):
         error = ConnectError(f"{params.where} does not speak the PostgreSQL protocol ({exc})")
     elif isinstance(exc, protocol.TlsNegotiationError):
         error = connect_error(exc, target)
@@ -173,7 +202,7 @@ def _preflight(params: ConnectParams) -> _Preflight:
     resumption: bool | None = None
     if result.facts.tls_version:
         resumption = _probe_resumption(params)
-    return _Preflight(result.facts, version_num, resumption)
+    return _Preflight(result.facts, version_num, resumption, result.family, result.sockaddr)
 
 
 def _probe_resumption(params: ConnectParams) -> bool | None:
@@ -215,17 +244,46 @@ def _event_loop() -> Iterator[asyncio.AbstractEventLoop]:
         loop.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleGap:
+    """The idle time before one timed connection: ms since the previous timed
+    connection (or the floor) ended, ``None`` for the first; ``after_pause``: a
+    planned pause (``idle_ms``, a garbage collection) came right before it."""
+
+    gap_ms: float | None
+    after_pause: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        gap = None if self.gap_ms is None else round(self.gap_ms, 3)
+        return {"gap_before_ms": gap, "after_pause": self.after_pause}
+
+    @property
+    def after_gap(self) -> bool:
+        """Followed a pause, or an idle gap long enough to slow a connect."""
+        return self.after_pause or (self.gap_ms is not None and self.gap_ms >= GAP_WARN_MS)
+
+
 class _GapClock:
     """Time between the end of one timed connection and the start of the next."""
 
     def __init__(self) -> None:
         self.last_end: int | None = None
-        self.gaps: list[float] = []
+        self.paused = False
+        self.gaps: list[float] = []  # unplanned gaps only
 
-    def start(self) -> None:
+    def pause(self, seconds: float = 0.0) -> None:
+        """A planned pause (sleeps ``seconds``): the next gap is not an idle gap."""
+        if seconds > 0:
+            time.sleep(seconds)
+        self.paused = True
+
+    def start(self) -> SampleGap:
         now = time.perf_counter_ns()
-        if self.last_end is not None:
-            self.gaps.append((now - self.last_end) / 1e6)
+        gap = None if self.last_end is None else (now - self.last_end) / 1e6
+        after_pause, self.paused = self.paused, False
+        if gap is not None and not after_pause:
+            self.gaps.append(gap)
+        return SampleGap(gap, after_pause)
 
     def end(self) -> None:
         self.last_end = time.perf_counter_ns()
@@ -255,6 +313,7 @@ def run(
     names = list(opts.drivers)
     cold: dict[str, list[DriverTimings]] = {n: [] for n in names}
     paired: dict[str, list[protocol.ProtocolTimings]] = {n: [] for n in names}
+    pairing: dict[str, list[tuple[str, dict[str, SampleGap]]]] = {n: [] for n in names}
     facts: dict[str, protocol.HandshakeFacts] = {}
     floor: list[float] = []
     clock = _GapClock()
@@ -263,20 +322,25 @@ def run(
     processes: dict[str, list[process_mod.ProcessTimings]] = {n: [] for n in names}
     with _event_loop() as loop:
         probes: dict[str, DriverProbe] = {n: PROBES[n](params, loop) for n in names}
-        family, sockaddr = _guard("", params, lambda: protocol.resolve_first(params))
 
-        def protocol_sample(name: str) -> None:
-            clock.start()
+        def protocol_sample(name: str) -> SampleGap:
+            if opts.idle_ms:
+                clock.pause(opts.idle_ms / 1000)
+            gap = clock.start()
             timings, f = _guard("protocol client", params, lambda: protocol.measure(params))
             clock.end()
             paired[name].append(timings)
             facts[name] = f
+            return gap
 
-        def driver_sample(name: str) -> None:
-            clock.start()
+        def driver_sample(name: str) -> SampleGap:
+            if opts.idle_ms:
+                clock.pause(opts.idle_ms / 1000)
+            gap = clock.start()
             timings = _guard(name, params, probes[name].cold)
             clock.end()
             cold[name].append(timings)
+            return gap
 
         total_warmup = opts.warmup_rounds * len(names)
         for r in range(opts.warmup_rounds):
@@ -285,28 +349,30 @@ def run(
                 _guard("protocol client", params, lambda: protocol.measure(params))
                 _guard(name, params, probes[name].cold)
         with _gc_paused():
-            for r in range(opts.samples):
+            for r, steps in enumerate(schedule(names, opts.samples)):
                 say("cold connections", r, opts.samples)
                 floor.append(
                     _guard(
                         "tcp floor",
                         params,
-                        lambda: protocol.tcp_connect_ms(family, sockaddr, params.connect_timeout),
+                        lambda: protocol.tcp_floor_ms(
+                            pre.family, pre.sockaddr, params.connect_timeout
+                        ),
                     )
                 )
-                for i, name in enumerate(rotate(names, r)):
-                    if opts.idle_ms:
-                        time.sleep(opts.idle_ms / 1000)
-                        clock.last_end = None
-                    if (r + i) % 2 == 0:
-                        protocol_sample(name)
-                        driver_sample(name)
+                clock.end()
+                for step in steps:
+                    gaps: dict[str, SampleGap] = {}
+                    if step.first == "protocol":
+                        gaps["protocol"] = protocol_sample(step.driver)
+                        gaps["driver"] = driver_sample(step.driver)
                     else:
-                        driver_sample(name)
-                        protocol_sample(name)
+                        gaps["driver"] = driver_sample(step.driver)
+                        gaps["protocol"] = protocol_sample(step.driver)
+                    pairing[step.driver].append((step.first, gaps))
                 if r % 10 == 9:
                     gc.collect()
-                    clock.last_end = None  # a planned pause, not an idle gap
+                    clock.pause()  # a planned pause, not an idle gap
             say("cold connections", opts.samples, opts.samples)
             if opts.warm:
                 _warm_rounds(opts, params, probes, names, warm_checkout, pool_ready, say)
@@ -314,7 +380,7 @@ def run(
             _process_rounds(opts, params, names, processes, say)
     load_after = _loadavg()
     metrics = _build_metrics(
-        opts, params, pre, probes, names, cold, paired, facts, floor, clock,
+        opts, params, pre, probes, names, cold, paired, pairing, facts, floor, clock,
         warm_checkout, pool_ready, processes, load_before, load_after,
     )  # fmt: skip
     verdicts, findings = evaluate(metrics, opts.thresholds)
@@ -324,7 +390,8 @@ def run(
             key = "verdict" if verdict.scope == "connection" else "process_verdict"
             node["_meta"][key] = verdict.to_dict()
     metrics["_meta"]["duration_s"] = round(time.perf_counter() - started, 3)
-    notes = _notes(opts, pre, clock)
+    notes = _notes(opts, params, pre, clock)
+    metrics["_meta"]["notes"] = list(notes)
     return ColdStartResult(
         metrics=metrics,
         findings=tuple(findings),
@@ -416,6 +483,7 @@ def _build_metrics(
     names: list[str],
     cold: dict[str, list[DriverTimings]],
     paired: dict[str, list[protocol.ProtocolTimings]],
+    pairing: dict[str, list[tuple[str, dict[str, SampleGap]]]],
     facts: dict[str, protocol.HandshakeFacts],
     floor: list[float],
     clock: _GapClock,
@@ -458,8 +526,11 @@ def _build_metrics(
         "tcp_floor": {
             "connect": Distribution.of(floor),
             "_meta": {
-                "source": "raw socket connect to the resolved address (no DNS, no PostgreSQL "
-                "protocol), one per round; the close is not timed",
+                "source": "raw socket connect (socket creation, connect, TCP_NODELAY: timed "
+                "like the protocol client's tcp phase) to the address the preflight "
+                "connection reached; no DNS, no PostgreSQL protocol; one per round. "
+                "Untimed: waiting for the server to close its end, so the backend it "
+                "started has exited before the round's timed connections",
                 "address": f0.address,
                 "transport": params.transport,
             },
@@ -471,7 +542,7 @@ def _build_metrics(
         if d is not None:
             proto_node[phase] = d
     detail: dict[str, Any] = {}
-    for phase in ("tls_request", "tls_handshake", "auth", "server_init", "scram_client"):
+    for phase in PROTOCOL_DETAIL:
         d = _dist([getattr(t, phase) for t in all_protocol])
         if d is not None:
             detail[phase] = d
@@ -499,7 +570,17 @@ def _build_metrics(
             source[phase] = "driver"
         establish = [sum(getattr(t, p) or 0.0 for p in ESTABLISH_PHASES) for t in pairs]
         gap = paired_gap([t.connect for t in cold[name]], establish)
+        node_detail: dict[str, Any] = {}
+        for phase in PROTOCOL_DETAIL:
+            d = _dist([getattr(t, phase) for t in pairs])
+            if d is not None:
+                node_detail[phase] = d
+                source[f"detail.{phase}"] = "protocol"
+        node_detail[CONNECT_GAP] = gap
+        source[f"detail.{CONNECT_GAP}"] = "driver connect - paired protocol establishment"
+        node["detail"] = node_detail
         add = additivity(node)
+        first = [f for f, _gaps in pairing[name]]
         meta: dict[str, Any] = {
             "source": source,
             "covers": dict(probe.covers),
@@ -511,9 +592,22 @@ def _build_metrics(
                 "p50_ms": round(gap.p50, 3),
                 "p95_ms": round(gap.p95, 3),
                 "pairs": gap.n,
-                "what": "driver connect minus the paired protocol-client DNS+TCP+TLS+start-up",
+                "what": "driver connect minus the paired protocol-client DNS+TCP+TLS+start-up, "
+                "per pair (the distribution: detail.connect_gap)",
             },
             "phase_sum": add.to_dict() if add else None,
+            "pairing": {
+                "protocol_first": first.count("protocol"),
+                "driver_first": first.count("driver"),
+                "after_gap": {
+                    who: sum(1 for _f, gaps in pairing[name] if gaps[who].after_gap)
+                    for who in ("protocol", "driver")
+                },
+                "rounds": [
+                    {"first": f, **{who: g.to_dict() for who, g in gaps.items()}}
+                    for f, gaps in pairing[name]
+                ],
+            },
             "versions": probe.versions(),
             **server,
             "scram_client_p50_ms": None if scram is None else round(scram.p50, 3),
@@ -528,6 +622,7 @@ def _build_metrics(
                 "pool_ready": Distribution.of(pool_ready[name]),
                 "min_size": opts.pool_size,
                 "pool": probe.pool_kind,
+                "opens": probe.pool_opens,
             }
             source["warm"] = "driver (pool)"
         if processes[name]:
@@ -552,7 +647,8 @@ def _build_metrics(
             "samples": opts.samples,
             "warmup_rounds": opts.warmup_rounds,
             "order": "round-robin: drivers rotated by one each round; each driver sample "
-            "paired with a protocol-client sample, alternating which goes first",
+            "paired with a protocol-client sample; the protocol client goes first in even "
+            "rounds, the driver in odd rounds (<driver>._meta.pairing)",
             "idle_ms": opts.idle_ms,
             "idle_gaps": {
                 "max_ms": round(max(gaps), 3) if gaps else None,
@@ -573,7 +669,9 @@ def _build_metrics(
     return tree
 
 
-def _notes(opts: ColdStartOptions, pre: _Preflight, clock: _GapClock) -> list[str]:
+def _notes(
+    opts: ColdStartOptions, params: ConnectParams, pre: _Preflight, clock: _GapClock
+) -> list[str]:
     notes = [
         "cold start: dns/tcp/tls/startup come from dbprobe's protocol client (paired samples "
         "next to each driver's); connect/driver_init/first_query/total come from the driver "
@@ -585,9 +683,35 @@ def _notes(opts: ColdStartOptions, pre: _Preflight, clock: _GapClock) -> list[st
             f"{over} of {len(clock.gaps)} gaps between timed connections were 10 ms or more "
             "(a busy machine?): connects right after an idle gap run slower"
         )
-    if pre.facts.tls_negotiation == "sslrequest-refused":
+    facts = pre.facts
+    if facts.tls_negotiation == "sslrequest-refused":
         notes.append(
-            "sslmode=prefer against a server without TLS: every connection pays a refused "
-            "SSLRequest round trip (set sslmode=disable on a trusted network to skip it)"
+            "sslmode=prefer against a server without TLS: no connection is encrypted, and "
+            "every one pays a refused SSLRequest round trip (metrics tls). sslmode=disable "
+            "saves only that round trip; turning TLS on at the server and connecting with "
+            "sslmode=verify-full protects the session"
+        )
+    unverified = params.sslmode not in ("verify-ca", "verify-full")
+    if facts.auth_method == "password":
+        if facts.tls_version:
+            where = "inside TLS"
+        elif params.transport == "unix":
+            where = "over a unix socket"
+        else:
+            where = "WITHOUT TLS (allowed by require_auth=password)"
+        notes.append(
+            f"security: the server asks for the password in cleartext and it was sent {where}"
+            + (
+                "; the server's certificate was not verified, so whoever answers gets it"
+                if facts.tls_version and unverified
+                else ""
+            )
+            + ". Use scram-sha-256 in pg_hba.conf, and on the client sslmode=verify-full with "
+            "require_auth=scram-sha-256 (libpq 16+), so no server can ask for less"
+        )
+    elif facts.auth_method == "md5":
+        notes.append(
+            "security: md5 password authentication (deprecated since PostgreSQL 18); move "
+            "the role to scram-sha-256 and set require_auth=scram-sha-256 on the client"
         )
     return notes

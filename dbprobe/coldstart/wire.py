@@ -56,9 +56,12 @@ class AuthenticationError(Exception):
     """Client-side authentication failure (e.g. the server's SCRAM signature is wrong)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ServerError(Exception):
-    """An ``ErrorResponse`` from the server: severity, SQLSTATE code and message."""
+    """An ``ErrorResponse`` from the server: severity, SQLSTATE code and message.
+
+    Not frozen: Python sets ``__traceback__`` on an exception as it propagates (through
+    a ``contextlib.contextmanager`` among others), which a frozen dataclass refuses."""
 
     severity: str
     code: str
@@ -204,39 +207,48 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
 
 
 def saslprep(password: str) -> str:
-    """SASLprep (RFC 4013) the way PostgreSQL applies it to SCRAM passwords: when the
-    password cannot be prepared (prohibited characters, bad bidi), it is used as is."""
+    """SASLprep (RFC 4013) the way PostgreSQL applies it to SCRAM passwords
+    (``pg_saslprep``): an ASCII password is used as is; otherwise map (non-ASCII spaces
+    to a space, "commonly mapped to nothing" characters removed), then check the mapped
+    characters for prohibited ones, unassigned code points and bad bidi, and return the
+    NFKC form. When the password cannot be prepared (empty once mapped, a prohibited
+    character, bad bidi), PostgreSQL uses it as is, and so does this function."""
+    if password.isascii():
+        return password
     mapped = "".join(
         " " if stringprep.in_table_c12(ch) else ch
         for ch in password
         if not stringprep.in_table_b1(ch)
     )
-    normalized = unicodedata.normalize("NFKC", mapped)
-    if not normalized:
+    if not mapped:
         return password
-    prohibited = (
-        stringprep.in_table_c12,
-        stringprep.in_table_c21,
-        stringprep.in_table_c22,
-        stringprep.in_table_c3,
-        stringprep.in_table_c4,
-        stringprep.in_table_c5,
-        stringprep.in_table_c6,
-        stringprep.in_table_c7,
-        stringprep.in_table_c8,
-        stringprep.in_table_c9,
-        stringprep.in_table_a1,
-    )
-    if any(check(ch) for ch in normalized for check in prohibited):
+    # PostgreSQL checks the mapped characters, before normalisation (RFC 3454 orders
+    # normalisation first; the difference shows only for characters that NFKC turns
+    # from prohibited into allowed, or back).
+    if any(check(ch) for ch in mapped for check in _PROHIBITED):
         return password
-    has_ral = any(stringprep.in_table_d1(ch) for ch in normalized)
-    if has_ral and (
-        any(stringprep.in_table_d2(ch) for ch in normalized)
-        or not stringprep.in_table_d1(normalized[0])
-        or not stringprep.in_table_d1(normalized[-1])
+    if any(stringprep.in_table_d1(ch) for ch in mapped) and (
+        any(stringprep.in_table_d2(ch) for ch in mapped)
+        or not stringprep.in_table_d1(mapped[0])
+        or not stringprep.in_table_d1(mapped[-1])
     ):
         return password
-    return normalized
+    return unicodedata.normalize("NFKC", mapped)
+
+
+_PROHIBITED = (
+    stringprep.in_table_c12,
+    stringprep.in_table_c21,
+    stringprep.in_table_c22,
+    stringprep.in_table_c3,
+    stringprep.in_table_c4,
+    stringprep.in_table_c5,
+    stringprep.in_table_c6,
+    stringprep.in_table_c7,
+    stringprep.in_table_c8,
+    stringprep.in_table_c9,
+    stringprep.in_table_a1,  # unassigned code points (Unicode 3.2)
+)
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:

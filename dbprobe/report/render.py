@@ -159,7 +159,9 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             )
         tables.append(
             (
-                "COLD START (ms; phases at p50, total at p50 and p95)",
+                # dns..startup: dbprobe's protocol client, paired with each driver's samples
+                "COLD START (ms; phases at p50, total at p50 and p95; "
+                "dns/tcp/tls/startup: protocol client)",
                 [
                     "driver",
                     *(_COLD_LABELS.get(p, p) for p in phases),
@@ -177,7 +179,9 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             ql = s.query_latency or {}
             rows.append(
                 [
-                    str(s.concurrency),
+                    str(s.concurrency)
+                    if s.offered_rate is None or math.isnan(s.offered_rate)
+                    else f"{s.concurrency} @{s.offered_rate:g}/s",
                     _num3(s.throughput_qps),
                     _num3(aw.get("p50")),
                     _num3(aw.get("p95")),
@@ -215,6 +219,7 @@ def metrics_tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list
             str(d.get("unit", "")),
         ]
         for path, d in other_distributions(metrics)
+        if d.get("n")  # an empty distribution (no timeouts, say) says nothing in a table
     ]
     if rest:
         tables.append(("METRICS", ["metric", "n", "p50", "p95", "p99", "max", "unit"], rest))

@@ -53,6 +53,8 @@ def test_threshold_and_fail_on(pg: PostgresServer, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "slow-cold-start" in out
     assert "| psycopg |" in out  # the cold-start table
+    # the table says which figures are the protocol client's
+    assert "dns/tcp/tls/startup: protocol client" in out
     assert main([*args, "--fail-on", "warning"]) == 1
 
 

@@ -33,7 +33,9 @@ def _assert_adds_up(t: protocol.ProtocolTimings) -> None:
     """The phases are contiguous: their sum is the total (to float rounding)."""
     parts = sum(getattr(t, p) or 0.0 for p in CONTIGUOUS)
     assert math.isclose(parts, t.total, rel_tol=1e-9, abs_tol=1e-6)
-    assert math.isclose(t.auth + t.server_init, t.startup, abs_tol=1e-6)
+    # AuthenticationOk is not flushed before ReadyForQuery: no split inside startup
+    assert not hasattr(t, "server_init")
+    assert not hasattr(t, "auth")
     if t.tls_request is not None and t.tls_handshake is not None:
         assert math.isclose(t.tls_request + t.tls_handshake, t.tls or 0.0, abs_tol=1e-6)
     assert all((getattr(t, p) or 0.0) >= 0 for p in CONTIGUOUS)
@@ -51,7 +53,11 @@ def _assert_adds_up(t: protocol.ProtocolTimings) -> None:
 def test_each_auth_method_without_tls(
     auth_server: AuthServer, user: str, password: str | None, method: str
 ) -> None:
-    params = cparams.resolve(auth_server.target(user, password, sslmode="disable"), environ={})
+    # a cleartext password without TLS is sent only when the URL opts in
+    opt_in = {"require_auth": "password"} if method == "password" else {}
+    params = cparams.resolve(
+        auth_server.target(user, password, sslmode="disable", **opt_in), environ={}
+    )
     timings, facts = _measure(params)
     assert facts.auth_method == method
     assert facts.tls_negotiation == "none"
@@ -63,7 +69,7 @@ def test_each_auth_method_without_tls(
     if method == "scram-sha-256":
         assert facts.scram_iterations == 4096
         assert timings.scram_client is not None
-        assert 0 < timings.scram_client < timings.auth
+        assert 0 < timings.scram_client < timings.startup
     else:
         assert timings.scram_client is None
 
@@ -175,3 +181,67 @@ def test_unreachable_and_not_postgres(not_postgres: NotPostgresServer) -> None:
     tls_probe = dataclasses.replace(http, sslmode="prefer")
     with pytest.raises(protocol.NotPostgresError, match="answered the SSLRequest"):
         protocol.connect(tls_probe)
+
+
+def test_cleartext_password_needs_tls_or_an_explicit_opt_in(auth_server: AuthServer) -> None:
+    """pg_hba.conf says ``password``: without TLS the protocol client refuses to send it
+    unless the URL opts in with libpq's ``require_auth=password``."""
+    plain = cparams.resolve(
+        auth_server.target("cs_cleartext", CLEARTEXT_PASSWORD, sslmode="disable"), environ={}
+    )
+    with pytest.raises(wire.AuthenticationError) as info:
+        protocol.connect(plain)
+    line = str(explain_failure(info.value, plain))
+    assert "asked for the password in cleartext over a connection without TLS" in line
+    assert CLEARTEXT_PASSWORD not in line
+    opted_in = cparams.resolve(
+        auth_server.target(
+            "cs_cleartext", CLEARTEXT_PASSWORD, sslmode="disable", require_auth="password"
+        ),
+        environ={},
+    )
+    _timings, facts = _measure(opted_in)
+    assert facts.auth_method == "password"
+
+
+def test_require_auth_is_enforced_like_libpq(auth_server: AuthServer) -> None:
+    trust_only = auth_server.target(
+        "cs_trust", None, sslmode="disable", require_auth="scram-sha-256"
+    )
+    with pytest.raises(wire.AuthenticationError, match="did not complete authentication"):
+        protocol.connect(cparams.resolve(trust_only, environ={}))
+    no_md5 = auth_server.target("cs_md5", MD5_PASSWORD, sslmode="disable", require_auth="!md5")
+    with pytest.raises(wire.AuthenticationError, match="md5"):
+        protocol.connect(cparams.resolve(no_md5, environ={}))
+    scram = auth_server.target(
+        "postgres", PASSWORD, sslmode="disable", require_auth="scram-sha-256"
+    )
+    _timings, facts = _measure(cparams.resolve(scram, environ={}))
+    assert facts.auth_method == "scram-sha-256"
+    with pytest.raises(UsageError, match="require_auth"):
+        cparams.resolve(auth_server.target(require_auth="scram-sha-256,!md5"), environ={})
+
+
+def test_cleartext_inside_tls_is_allowed(tls_server: AuthServer) -> None:
+    params = cparams.resolve(
+        tls_server.target("cs_cleartext", CLEARTEXT_PASSWORD, sslmode="require"), environ={}
+    )
+    _timings, facts = _measure(params)
+    assert facts.auth_method == "password"
+    assert facts.tls_negotiation == "sslrequest"
+
+
+def test_scram_password_prepared_as_postgresql_does(auth_server: AuthServer) -> None:
+    """U+0340 is prohibited by SASLprep (RFC 3454 C.8) but its NFKC form U+0300 is
+    not: PostgreSQL checks the characters before normalising, finds one prohibited and
+    uses the password as it is, so the client must too."""
+    password = "pw\u0340x"
+    auth_server.server.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cs_saslprep') "
+        f"THEN CREATE ROLE cs_saslprep LOGIN PASSWORD '{password}'; END IF; END $$"
+    )
+    params = cparams.resolve(
+        auth_server.target("cs_saslprep", password, sslmode="disable"), environ={}
+    )
+    _timings, facts = _measure(params)
+    assert facts.auth_method == "scram-sha-256"

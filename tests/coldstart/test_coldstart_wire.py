@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,10 @@ def test_scram_rejects_a_nonce_the_client_did_not_start() -> None:
         ("a\u00a0b", "a b"),  # non-ASCII space mapped to space
         ("\u0007bell", "\u0007bell"),  # prohibited: used as is, as PostgreSQL does
         ("plain", "plain"),
+        # checked before normalising, as PostgreSQL does: U+0340 is prohibited (C.8),
+        # its NFKC form U+0300 is not; U+03F9 is unassigned in Unicode 3.2 (A.1)
+        ("a\u0340", "a\u0340"),
+        ("\u03f9x", "\u03f9x"),
     ],
 )
 def test_saslprep(password: str, prepared: str) -> None:
@@ -93,6 +99,18 @@ def test_reader_assembles_split_messages_and_rejects_garbage() -> None:
     bad.feed(b"HTTP/1.1 400 Bad Request\r\n")
     with pytest.raises(wire.ProtocolViolation, match="not a PostgreSQL message"):
         list(bad.messages())
+
+
+def test_a_server_error_propagates_through_a_context_manager() -> None:
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        yield
+
+    error = wire.ServerError("FATAL", "28P01", "password authentication failed")
+    with pytest.raises(wire.ServerError) as info, scope():
+        raise error
+    assert info.value is error
+    assert info.value.__traceback__ is not None
 
 
 def test_error_fields_and_data_rows() -> None:

@@ -35,8 +35,9 @@ def sample_doc(_sample_doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def _slow_doc(pg: PostgresServer) -> dict[str, Any]:
-    # the same workload with every pooled query 2 ms slower (pg_sleep on the server)
-    report = build_sample_report(pg, step_s=0.3, pool_sql="SELECT pg_sleep(0.002)")
+    # the same workload with every pooled query 25 ms slower (pg_sleep on the server): a
+    # shift well above the scheduling noise of a loaded 2-core machine, even at c=8
+    report = build_sample_report(pg, step_s=0.4, pool_sql="SELECT pg_sleep(0.025)")
     doc = report.to_dict()
     validate_report(doc)
     return doc
@@ -44,5 +45,5 @@ def _slow_doc(pg: PostgresServer) -> dict[str, Any]:
 
 @pytest.fixture
 def slow_doc(_slow_doc: dict[str, Any]) -> dict[str, Any]:
-    """A report of the same workload where each pooled query really sleeps 2 ms."""
+    """A report of the same workload where each pooled query really sleeps 25 ms."""
     return copy.deepcopy(_slow_doc)

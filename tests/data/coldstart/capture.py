@@ -47,6 +47,13 @@ CASES: dict[str, dict[str, Any]] = {
         "options": "sslmode=disable",
         "args": "--samples 8",
     },
+    # PG 15, trust, sslmode=prefer against a server without TLS: a refused SSLRequest
+    "pg15_prefer_refused": {
+        "provider": "local",
+        "server": {"auth": "trust"},
+        "options": "sslmode=prefer",
+        "args": "--samples 15 --no-warm",
+    },
     # PG 15, fresh processes that import a module taking 60 ms
     "pg15_process": {
         "provider": "local",

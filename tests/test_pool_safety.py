@@ -1,0 +1,249 @@
+"""Safety of ``dbprobe pool``: the server's connection budget, a server that goes away
+mid-run, Ctrl-C, and bad input — each ends cleanly with every connection closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pool_helpers import (
+    checked,
+    fast,
+    open_sockets_to,
+    pool_sessions,
+    postmaster_pid,
+    subprocess_env,
+    wait_no_sessions,
+    wait_sessions,
+)
+
+from dbprobe.cli import main
+from dbprobe.errors import ConnectError, UsageError
+from dbprobe.pg import PostgresServer, throwaway
+from dbprobe.pool import POOL_KINDS, stress
+from dbprobe.report.schema import validate_report
+
+CLI = [sys.executable, "-m", "dbprobe.cli"]
+
+
+@pytest.fixture(scope="module")
+def small_pg() -> Iterator[PostgresServer]:
+    """A server with max_connections 8 (3 reserved for superusers)."""
+    with throwaway(max_connections=8) as server:
+        yield server
+
+
+def test_plans_beyond_80_percent_of_the_free_slots_are_refused(small_pg: PostgresServer) -> None:
+    with pytest.raises(UsageError, match="--allow-server-exhaustion") as err:
+        stress(small_pg.dsn(), "sqlalchemy", config=fast(size=4, overflow=2, max_concurrency=None))
+    assert "free connection slots" in str(err.value)
+    assert pool_sessions(small_pg) == 0
+
+
+def test_server_side_exhaustion_is_counted_and_judged(small_pg: PostgresServer) -> None:
+    # Capacity 10 on a server that has 8 slots in all: SQLAlchemy opens overflow
+    # connections on demand and the server refuses them ("too many clients already").
+    config = fast(
+        size=2, overflow=8, think_ms=10, timeout_s=0.5, max_concurrency=20, steps=(2, 10, 20),
+        spike=0, allow_server_exhaustion=True,
+    )  # fmt: skip
+    doc = checked(stress(small_pg.dsn(), "sqlalchemy", config=config))
+    steps = doc["metrics"]["pool"]["sqlalchemy"]["steps"]
+    refused = sum(s["errors"].get("too-many-clients", 0) for s in steps)
+    assert refused > 0
+    assert all(s["server_backends"] <= config.capacity for s in steps)
+    rules = {f["rule"] for f in doc["findings"]}
+    assert "pool-degradation" in rules
+    assert "pool-over-budget" in rules
+    degradation = next(f for f in doc["findings"] if f["rule"] == "pool-degradation")
+    assert "too-many-clients" in degradation["message"]
+    assert wait_no_sessions(small_pg) == 0
+
+
+def test_cli_refusal_is_one_line_and_exit_2(
+    small_pg: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["-q", "pool", small_pg.dsn(), "--pool", "psycopg", "--size", "6"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("dbprobe: error: pool capacity 11")
+    assert "Traceback" not in err
+
+
+def _run_in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["report"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+def test_server_stopped_mid_run_is_reported_and_nothing_is_left_open(kind: str) -> None:
+    with throwaway() as server:
+        config = fast(step_seconds=1.0, timeout_s=0.5, spike=0)
+        thread, result = _run_in_thread(lambda: stress(server.dsn(), kind, config=config))
+        assert wait_sessions(server), "the probe never connected"
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.kill(postmaster_pid(server), signal.SIGINT)  # fast shutdown: sessions terminated
+        thread.join(30)
+        assert not thread.is_alive(), "the probe hung after the server stopped"
+        assert time.monotonic() - started < 20
+        error = result.get("error")
+        assert isinstance(error, ConnectError), result
+        assert "went away" in str(error)
+        assert "\n" not in str(error)
+        deadline = time.monotonic() + 5
+        while open_sockets_to(server.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_sockets_to(server.port) == 0
+
+
+def test_cli_server_stopped_mid_run_exits_2_with_one_line() -> None:
+    with throwaway() as server:
+        proc = subprocess.Popen(
+            [*CLI, "pool", server.dsn(), "--pool", "sqlalchemy-async", "--size", "2",
+             "--overflow", "1", "--step-seconds", "1", "--timeout", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )  # fmt: skip
+        try:
+            assert wait_sessions(server), "the probe never connected"
+            time.sleep(0.3)
+            os.kill(postmaster_pid(server), signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("dbprobe: error:")]
+    assert len(errors) == 1
+    assert "went away" in errors[0]
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "pool", pg.dsn(), "--pool", kind, "--size", "2", "--overflow", "1",
+         "--step-seconds", "2", "--think-ms", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert wait_sessions(pg), "the probe never connected"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert "Traceback" not in err
+    assert wait_no_sessions(pg) == 0
+
+
+def test_cli_json_report(pg: PostgresServer, tmp_path: Path) -> None:
+    out = tmp_path / "pool.json"
+    proc = subprocess.run(
+        [*CLI, "pool", pg.dsn(), "--pool", "psycopg,sqlalchemy-async", "--size", "1",
+         "--overflow", "1", "--step-seconds", "0.3", "--think-ms", "20", "--timeout", "0.02",
+         "--spike", "4", "--format", "json", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # pool-exhaustion is an error
+    doc = json.loads(out.read_text())
+    validate_report(doc)
+    assert set(doc["metrics"]["pool"]) == {"psycopg", "sqlalchemy-async"}
+    assert "pool-exhaustion" in {f["rule"] for f in doc["findings"]}
+    assert doc["metrics"]["pool_run"]["config"]["concurrency_levels"] == [1, 2, 4]
+    assert proc.stdout == ""
+    assert "psycopg concurrency 4" in proc.stderr  # progress per step
+
+
+def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["pool", pg.dsn(), "--pool", "asyncpg", "--size", "1", "--overflow", "0",
+         "--step-seconds", "0.2", "--spike", "0", "--rate", "100", "--fail-on", "never"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "POOL asyncpg (acquire wait and query latency in ms)" in out
+    assert "2 @100/s" in out  # the open-loop row names its rate
+    assert "open loop 100/s:" in out and "from the scheduled start" in out
+    assert "asyncpg: peak" in out
+    assert out.rstrip().splitlines()[-1].startswith("summary:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pool", "hikari"], "unknown pool 'hikari'"),
+        (["--size", "0"], "--size must be at least 1"),
+        (["--max-concurrency", "3"], "below twice the pool's capacity"),
+        (["--timeout", "0"], "--timeout must be more than 0"),
+        (["--rate", "-5"], "--rate values must be more than 0"),
+        (["--sql", "SELEC 1", "--pool", "psycopg"], "the workload failed on the psycopg pool"),
+        (["--sql", "SELECT 1", "--scenario", "checkout"], "exclude each other"),
+        (["--scenario", "nope", "--pool", "sqlalchemy"], "unknown scenario 'nope'"),
+        (["--format", "yaml"], "invalid value for '--format'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    pg: PostgresServer, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["-q", "pool", pg.dsn(), "--step-seconds", "0.2", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (error,) = err.strip().splitlines()
+    assert error.startswith("dbprobe")
+    assert message.lower() in error.lower()
+    assert pool_sessions(pg) == 0
+
+
+def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [*CLI, "pool", f"postgresql://app:secret@127.0.0.1:{port}/db", "--pool", "psycopg"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("dbprobe: error: cannot reach")
+    assert "secret" not in proc.stderr

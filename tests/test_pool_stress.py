@@ -1,0 +1,225 @@
+"""``dbprobe.pool.stress`` on real servers: the five pools, exhaustion, open loop, soak."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pool_helpers import checked, fast, pool_sessions, wait_no_sessions
+from sqlalchemy import Engine, text
+
+from dbprobe.pg import PostgresServer
+from dbprobe.pool import POOL_KINDS, Workload, stress
+from dbprobe.report.model import Severity
+
+TIMEOUT_KIND = {
+    "sqlalchemy": "sqlalchemy-queuepool-timeout",
+    "sqlalchemy-async": "sqlalchemy-queuepool-timeout",
+    "psycopg": "psycopg-pool-timeout",
+    "psycopg-async": "psycopg-pool-timeout",
+    "asyncpg": "asyncpg-acquire-timeout",
+}
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+def test_every_pool_runs_the_whole_plan_and_closes_every_connection(
+    pg: PostgresServer, kind: str
+) -> None:
+    config = fast(rates=(100.0,), spike=6)
+    report = stress(pg.dsn(), kind, config=config)
+    doc = checked(report)
+    assert doc["command"] == "pool"
+    assert doc["target"]["server_version"] == pg.version
+    tree = doc["metrics"]["pool"][kind]
+    steps = tree["steps"]
+    closed = [s for s in steps if s["offered_rate"] is None]
+    assert [s["concurrency"] for s in closed] == list(config.concurrency_levels)
+    assert max(config.concurrency_levels) >= 2 * config.capacity
+    for step in steps:
+        assert step["completed"] > 0
+        assert step["acquire_wait"]["n"] == step["completed"]
+        assert step["query_latency"]["n"] == step["completed"]
+        assert step["throughput"]["unit"] == "q/s"
+        assert step["throughput"]["samples"], "per-interval throughput samples are kept"
+        assert step["throughput_qps"] > 0
+        assert (
+            step["acquire_wait"]["p50"]
+            <= step["acquire_wait"]["p99"]
+            <= step["acquire_wait"]["max"]
+        )
+        assert 0 < step["client_cpu"] < 4
+        # never more sessions than the pool may open
+        assert step["server_backends"] is not None
+        assert step["server_backends"] <= config.capacity
+    (open_step,) = [s for s in steps if s["offered_rate"] is not None]
+    assert open_step["offered_rate"] == 100.0
+    assert open_step["lag"]["n"] == open_step["completed"]
+    assert open_step["backlog"] == 0  # 100/s is far below what any pool serves
+    spike = tree["spike"]
+    assert spike["requests"] == 6
+    assert spike["completed"] + spike["timeouts"] + sum(spike["errors"].values()) == 6
+    assert spike["recovered"]
+    assert tree["warmup"]["opened"] == config.size
+    assert tree["checked_out_at_end"] == 0
+    assert tree["idle_in_transaction_at_end"] == 0
+    assert tree["sessions_after_close"] == 0
+    assert pool_sessions(pg) == 0
+    assert tree["knee"]["reason"]
+    assert set(tree["verdict"]) >= {"exhaustion", "degradation", "client_bound", "sizing"}
+    if kind.startswith("psycopg"):
+        assert "requests_num" in tree["stats"] or "pool_size" in tree["stats"]
+        assert any("requests_num" in s["pool_stats"] for s in closed)
+    assert not [f for f in doc["findings"] if f["rule"] == "connection-leak"]
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+def test_four_times_capacity_with_a_short_timeout_is_pool_exhaustion(
+    pg: PostgresServer, kind: str
+) -> None:
+    # capacity 2, each request holds its connection 40 ms: at 8 workers a request waits
+    # ~3 × 40 ms for a connection, far past the 40 ms timeout (at 4, ~40 ms: some do).
+    config = fast(
+        size=2, overflow=0, think_ms=40, timeout_s=0.04, max_concurrency=8, steps=(2, 4, 8),
+        spike=0,
+    )  # fmt: skip
+    report = stress(pg.dsn(), kind, config=config)
+    doc = checked(report)
+    (finding,) = [f for f in doc["findings"] if f["rule"] == "pool-exhaustion"]
+    # exhausted at or below twice the capacity: an error
+    assert finding["severity"] == "error"
+    assert finding["fingerprint"] == f"pool-exhaustion:{kind}"
+    assert finding["evidence"]["first_concurrency"] in (4, 8)
+    assert any(s["concurrency"] == 8 for s in finding["evidence"]["steps"])
+    steps = doc["metrics"]["pool"][kind]["steps"]
+    top = steps[-1]
+    assert top["concurrency"] == 8
+    assert top["timeouts"] > 0
+    assert set(top["timeout_kinds"]) == {TIMEOUT_KIND[kind]}
+    assert top["timeout_wait"]["n"] == top["timeouts"]
+    # clean timeouts: they gave up close to the configured 40 ms, not much later
+    assert top["timeout_wait"]["p50"] < 40 + 250
+    assert steps[0]["timeouts"] == 0  # at capacity nobody waits
+    assert report.exit_code("error") == 1
+    assert pool_sessions(pg) == 0
+
+
+def test_open_loop_over_capacity_reports_the_queue(pg: PostgresServer) -> None:
+    # capacity 2 × (1 request / 10 ms) = 200 requests/s at most; offer 50 and 2000.
+    config = fast(
+        size=2, overflow=0, think_ms=10, timeout_s=5.0, rates=(50.0, 2000.0), steps=(1,),
+        spike=0, step_seconds=0.5,
+    )  # fmt: skip
+    doc = checked(stress(pg.dsn(), "psycopg-async", config=config))
+    steps = doc["metrics"]["pool"]["psycopg-async"]["steps"]
+    under, over = (s for s in steps if s["offered_rate"] is not None)
+    assert under["backlog"] <= 5  # a stall of the loaded machine may leave a few due
+    assert 15 <= under["throughput_qps"] <= 90  # Poisson arrivals at 50/s for 0.5 s
+    assert over["backlog"] > 100
+    assert over["throughput_qps"] < 0.5 * 2000
+    # latency counts from the scheduled start: the queue in front of the pool shows in
+    # the response time and the lag, far beyond one request's 10 ms
+    assert over["response_time"]["p99"] > 100
+    assert over["lag"]["p99"] > 50
+    exhaustion = [f for f in doc["findings"] if f["rule"] == "pool-exhaustion"]
+    assert exhaustion and "2000 requests/s offered" in exhaustion[0]["message"]
+
+
+LEAKED: list[Any] = []
+
+
+def _leaky(engine: Engine) -> None:
+    conn = engine.connect()
+    LEAKED.append(conn)
+    conn.execute(text("SELECT 1"))
+    conn.commit()
+
+
+def _clean(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+@pytest.mark.parametrize(("workload", "leaks"), [(_leaky, True), (_clean, False)])
+def test_soak_finds_steady_growth_of_a_leak_and_not_of_its_clean_twin(
+    pg: PostgresServer, workload: Any, leaks: bool
+) -> None:
+    config = fast(
+        size=1, overflow=40, think_ms=60, timeout_s=0.5, steps=(1,), spike=0, max_concurrency=None,
+        soak_s=2.0, sample_interval_s=0.05, soak_concurrency=1,
+    )  # fmt: skip
+    try:
+        report = stress(
+            pg.dsn(),
+            "sqlalchemy",
+            config=config,
+            workload=Workload.from_callable(workload, ["sqlalchemy"], level="pool"),
+        )
+    finally:
+        for conn in LEAKED:  # the pool is gone: close the sessions themselves
+            conn.invalidate()
+            conn.close()
+        LEAKED.clear()
+    doc = checked(report)
+    soak = doc["metrics"]["pool"]["sqlalchemy"]["soak"]
+    assert len(soak["series"]["t_s"]) >= 20
+    assert soak["completed"] > 0
+    growing = {
+        name
+        for name, verdict in doc["metrics"]["pool"]["sqlalchemy"]["verdict"]["soak"].items()
+        if verdict["growing"]
+    }
+    rules = [f["rule"] for f in doc["findings"]]
+    if leaks:
+        assert {"checked_out", "server_backends"} <= growing
+        assert "soak-growth" in rules
+        assert "connection-leak" in rules  # still checked out when the run ended
+    else:
+        assert not growing
+        assert "soak-growth" not in rules
+        assert "connection-leak" not in rules
+    assert wait_no_sessions(pg) == 0
+
+
+def test_callable_workloads_run_on_their_own_pools(pg: PostgresServer) -> None:
+    calls = {"sync": 0, "async": 0}
+
+    def sync_work(conn: Any) -> None:
+        calls["sync"] += 1
+        conn.execute("SELECT 2").fetchall()
+
+    async def async_work(conn: Any) -> None:
+        calls["async"] += 1
+        await conn.fetchval("SELECT 2")
+        await asyncio.sleep(0)
+
+    workload = Workload(name="custom", sql="", calls={"psycopg": sync_work, "asyncpg": async_work})
+    config = fast(steps=(1, 2), spike=0)
+    doc = checked(stress(pg.dsn(), "psycopg,asyncpg", config=config, workload=workload))
+    assert calls["sync"] > 0
+    assert calls["async"] > 0
+    assert "custom" in doc["metrics"]["pool"]["asyncpg"]["workload"]
+
+
+def test_scenario_workload_runs_a_shop_flow(pg: PostgresServer, shop_db: str) -> None:
+    from probes.shop import SCENARIOS
+
+    workload = Workload.from_scenario(SCENARIOS["browse_catalogue"], seed=1)
+    config = fast(steps=(1, 2), spike=0, step_seconds=0.5, timeout_s=5.0)
+    doc = checked(
+        stress(pg.dsn(shop_db), "sqlalchemy,sqlalchemy-async", config=config, workload=workload)
+    )
+    for kind in ("sqlalchemy", "sqlalchemy-async"):
+        steps = doc["metrics"]["pool"][kind]["steps"]
+        seen = [(s["concurrency"], s["completed"], s["errors"], s["timeouts"]) for s in steps]
+        assert all(s["completed"] > 0 and not s["errors"] for s in steps), seen
+    with pytest.raises(Exception, match="no form for pool"):
+        stress(pg.dsn(shop_db), "asyncpg", config=config, workload=workload)
+
+
+def test_findings_severity_and_exit_codes(pg: PostgresServer) -> None:
+    config = fast(size=1, overflow=0, think_ms=60, timeout_s=0.03, steps=(2,), spike=0)
+    report = stress(pg.dsn(), "psycopg", config=config)
+    assert any(f.severity is Severity.ERROR for f in report.findings)
+    assert report.exit_code("never") == 0
+    assert report.exit_code("error") == 1

@@ -1,0 +1,270 @@
+"""Pure parts of the pool harness: plans, workloads, recording, schedules, recovery."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbprobe.errors import UsageError
+from dbprobe.pool import StressConfig, Workload, concurrency_steps, parse_pools
+from dbprobe.pool.control import Schedule
+from dbprobe.pool.failures import classify_acquire, classify_run
+from dbprobe.pool.recording import KEEP_SAMPLES, LatencyHistogram, Recorder, distribution, summarise
+from dbprobe.pool.results import summarise_spike
+
+
+def test_parse_pools() -> None:
+    assert parse_pools("all") == (
+        "sqlalchemy",
+        "sqlalchemy-async",
+        "psycopg",
+        "psycopg-async",
+        "asyncpg",
+    )
+    assert parse_pools("asyncpg, sqlalchemy") == ("sqlalchemy", "asyncpg")
+    assert parse_pools(["psycopg", "psycopg"]) == ("psycopg",)
+    with pytest.raises(UsageError, match="unknown pool 'hikari'"):
+        parse_pools("hikari")
+    with pytest.raises(UsageError, match="no pool"):
+        parse_pools(" , ")
+
+
+def test_concurrency_steps_reach_twice_the_capacity() -> None:
+    assert concurrency_steps(10, 20) == (1, 2, 4, 8, 10, 16, 20)
+    assert concurrency_steps(3, 12) == (1, 2, 3, 4, 6, 8, 12)
+    assert concurrency_steps(1, 2) == (1, 2)
+    for capacity in range(1, 40):
+        levels = concurrency_steps(capacity, 2 * capacity)
+        assert levels[0] == 1
+        assert capacity in levels
+        assert levels[-1] == 2 * capacity
+        assert list(levels) == sorted(set(levels))
+
+
+def test_config_rejects_plans_that_would_not_pass_the_pool() -> None:
+    assert StressConfig().capacity == 10
+    assert StressConfig().top_concurrency == 20
+    with pytest.raises(UsageError, match="below twice"):
+        StressConfig(size=5, overflow=5, max_concurrency=19)
+    for bad in (
+        {"size": 0},
+        {"overflow": -1},
+        {"timeout_s": 0},
+        {"step_seconds": 0},
+        {"rates": (0.0,)},
+        {"think_ms": -1},
+        {"spike": -1},
+        {"soak_s": -1},
+        {"instances": 0},
+    ):
+        with pytest.raises(UsageError):
+            StressConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_config_caps_are_derived_from_the_plan() -> None:
+    cfg = StressConfig(step_seconds=2.0, timeout_s=3.0, think_ms=500)
+    assert cfg.warmup_s == 0.4
+    assert cfg.drain_cap_s == pytest.approx(7.5)
+    assert cfg.statement_timeout_ms == int(1000 * (0.4 + 2.0 + 7.5))
+    assert cfg.spike_requests == cfg.top_concurrency
+    assert StressConfig(spike=0).spike_requests == 0
+
+
+def test_workload_forms() -> None:
+    assert Workload.from_sql(" SELECT 2; ").sql == "SELECT 2"
+    with pytest.raises(UsageError):
+        Workload.from_sql(" ; ")
+
+    async def coro(conn: object) -> None:
+        return None
+
+    def plain(conn: object) -> None:
+        return None
+
+    w = Workload.from_callable(plain, ["sqlalchemy", "psycopg"])
+    assert w.supports("psycopg") and not w.supports("asyncpg")
+    with pytest.raises(UsageError, match="coroutine function"):
+        Workload.from_callable(plain, ["asyncpg"])
+    with pytest.raises(UsageError, match="plain function"):
+        Workload.from_callable(coro, ["psycopg"])
+    with pytest.raises(UsageError, match="level"):
+        Workload(level="engine")
+    assert Workload().supports("asyncpg")
+
+
+def _recorder(starts: list[float], wait: float, query: float) -> Recorder:
+    rec = Recorder()
+    for t0 in starts:
+        rec.ok(t0, t0 + wait, t0 + wait + query, t0 + wait + query + 0.0001)
+    return rec
+
+
+def test_summarise_counts_only_the_window_and_keeps_every_percentile_exact() -> None:
+    starts = [i * 0.001 for i in range(3000)]  # one request per ms for 3 s
+    rec = _recorder(starts, wait=0.002, query=0.001)
+    rec.fail(1.0, 1.05, "psycopg-pool-timeout")
+    rec.fail(1.1, 1.2, "too-many-clients")
+    rec.fail(2.9, 3.5, "psycopg-pool-timeout")  # surfaces after the window
+    step = summarise([rec], concurrency=4, window=(0.5, 2.5), client_cpu=0.5)
+    assert step.completed == pytest.approx(2000, abs=2)
+    assert step.throughput_qps == pytest.approx(1000, rel=0.01)
+    assert step.throughput.unit == "q/s"
+    assert step.throughput.n == 20  # intervals of 0.1 s
+    assert all(v == pytest.approx(1000, rel=0.02) for v in step.throughput.samples or ())
+    assert step.acquire_wait.p50 == pytest.approx(2.0)
+    assert step.query_latency.p99 == pytest.approx(1.0)
+    assert step.timeouts == 1
+    assert step.timeout_kinds == {"psycopg-pool-timeout": 1}
+    assert step.timeout_wait.max == pytest.approx(50.0)
+    assert step.errors == {"too-many-clients": 1}
+    assert len(step.interval_wait_p50) == 20
+    metrics = step.to_metrics()
+    assert "lag" not in metrics
+
+
+def test_summarise_open_loop_measures_from_the_schedule() -> None:
+    rec = Recorder()
+    for i in range(100):
+        sched = i * 0.01
+        start = sched + 0.005 * i  # the client falls further and further behind
+        rec.ok_scheduled(sched, start, start, start + 0.001, start + 0.001)
+    step = summarise(
+        [rec], concurrency=1, window=(0.0, 2.0), client_cpu=0.1, offered_rate=100.0,
+        late_after_s=0.2025,
+    )  # fmt: skip
+    assert step.lag is not None
+    assert step.lag.max == pytest.approx(495.0)
+    assert step.response_time.max == pytest.approx(496.0)
+    assert step.acquire_wait.max == pytest.approx(0.0)
+    assert step.late == sum(1 for i in range(100) if 0.005 * i > 0.2025)
+    assert step.to_metrics()["lag"] is step.lag
+
+
+def test_distribution_keeps_a_bounded_evenly_spaced_sample() -> None:
+    values = [float(i) for i in range(10_000)]
+    random.Random(1).shuffle(values)
+    d = distribution(values)
+    assert d.n == 10_000
+    assert d.p99 == pytest.approx(9899.01)
+    assert d.samples is not None
+    assert len(d.samples) == KEEP_SAMPLES
+    assert d.samples[0] == 0.0 and d.samples[-1] == 9999.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=30.0), min_size=50, max_size=2000))
+def test_histogram_percentiles_are_within_its_precision(values: list[float]) -> None:
+    hist = LatencyHistogram()
+    for v in values:
+        hist.record(v)
+    data = sorted(int(v * 1e6) for v in values)
+    for q in (50, 95, 99):
+        exact = data[max(0, math.ceil(q / 100 * len(data)) - 1)]
+        got = hist.percentile_us(q)
+        assert abs(got - exact) <= max(1.0, exact / 60), (q, got, exact)
+    assert hist.max_us == data[-1]
+    assert hist.count == len(values)
+
+
+def test_histogram_memory_is_constant() -> None:
+    hist = LatencyHistogram()
+    size = len(hist.counts)
+    for v in (1e-6, 0.5, 10.0, 7200.0):
+        hist.record(v)
+    assert len(hist.counts) == size
+    assert hist.max_us == 7_200_000_000
+
+
+def test_schedule_is_a_poisson_process_at_the_rate() -> None:
+    schedule = Schedule(rate=1000.0, start=10.0, end=12.0, seed=3)
+    times = list(schedule.times)
+    assert len(times) == pytest.approx(2000, rel=0.1)
+    assert times == sorted(times)
+    assert times[0] > 10.0 and times[-1] < 12.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.001, rel=0.1)
+    assert schedule.take() == 0
+    assert schedule.take() == 1
+    assert schedule.backlog(at=11.0) == pytest.approx(1000, rel=0.15)
+
+
+def test_spike_recovery_is_the_first_fast_probe_after_the_last_slow_one() -> None:
+    spike = [_recorder([0.0], wait=0.050, query=0.001) for _ in range(5)]
+    probe = Recorder()
+    for t0, wait in ((0.000, 0.040), (0.041, 0.010), (0.052, 0.0001), (0.053, 0.0001),
+                     (0.054, 0.0001), (0.055, 0.0001)):  # fmt: skip
+        probe.ok(t0, t0 + wait, t0 + wait, t0 + wait + 0.0002)
+    result = summarise_spike(
+        spike, probe, fired_at=0.0, threshold_s=0.001, unfinished_workers=0, server_backends=3
+    )
+    assert result.completed == 5
+    assert result.recover_ms == pytest.approx(52.1)
+    assert result.recovered
+    never = Recorder()
+    never.ok(0.0, 0.5, 0.5, 0.5)
+    stuck = summarise_spike(
+        spike, never, fired_at=0.0, threshold_s=0.001, unfinished_workers=0, server_backends=3
+    )
+    assert stuck.recover_ms is None
+
+
+class _TimeoutError(Exception):
+    pass
+
+
+def test_failure_kinds() -> None:
+    import psycopg_pool
+    from sqlalchemy import exc as sa_exc
+
+    assert classify_acquire(
+        sa_exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached")
+    ) == ("sqlalchemy-queuepool-timeout")
+    assert classify_acquire(psycopg_pool.PoolTimeout("couldn't get a connection")) == (
+        "psycopg-pool-timeout"
+    )
+    assert classify_acquire(TimeoutError()) == "asyncpg-acquire-timeout"
+    assert classify_acquire(OSError("FATAL:  sorry, too many clients already")) == (
+        "too-many-clients"
+    )
+    assert classify_run(ConnectionRefusedError()) == "connection-refused"
+    assert classify_run(RuntimeError("terminating connection due to administrator command")) == (
+        "server-shutdown"
+    )
+    assert classify_run(_TimeoutError("x")) == "error-_TimeoutError"
+
+
+def test_a_worker_that_dies_of_a_bug_is_not_silently_lost() -> None:
+    import asyncio
+
+    from dbprobe.pool._compat import AWorkers, Workers
+
+    def broken() -> None:
+        raise ZeroDivisionError("bug in a worker")
+
+    def fine() -> None:
+        return None
+
+    threads = Workers()
+    threads.spawn(fine)
+    threads.spawn(broken)
+    with pytest.raises(ZeroDivisionError, match="bug in a worker"):
+        threads.join(5.0)
+    ok = Workers()
+    ok.spawn(fine)
+    assert ok.join(5.0) == 0
+
+    async def abroken() -> None:
+        raise ZeroDivisionError("bug in a task")
+
+    async def scenario() -> None:
+        tasks = AWorkers()
+        tasks.spawn(abroken)
+        await tasks.join(5.0)
+
+    with pytest.raises(ZeroDivisionError, match="bug in a task"):
+        asyncio.run(scenario())
