@@ -271,8 +271,8 @@ READ_ONLY_KINDS = {"SELECT", "EXPLAIN", "SET", "SHOW", "PREPARE", "DEALLOCATE", 
                    "ROLLBACK", "SAVEPOINT", "RELEASE"}  # fmt: skip
 
 
-@pytest.mark.parametrize("disposable", [False, True], ids=["read-only", "disposable"])
-def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None:
+@pytest.mark.parametrize("mode", ["read-only", "disposable", "disposable-owner"])
+def test_audit_writes_nothing(fresh_shop: AuditedShop, mode: str) -> None:
     """After an audit the catalog, the counters and pg_stat_statements show nothing
     written — also with real-index verification, which is rolled back.
 
@@ -280,20 +280,29 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
     CREATE on the schema, not a superuser, so pg_stat_statements records it): nothing
     but the audit's own read-only session keeps it from writing. It assigns no
     transaction id, runs none of the application's statements and scans no table. The
-    disposable one runs as the tables' owner, a superuser, whose session keeps itself
-    out of pg_stat_statements."""
+    disposable one runs as a superuser, whose session keeps itself out of
+    pg_stat_statements; disposable-owner as a plain role that owns the tables and builds
+    real indexes (``--verify real``), recorded by pg_stat_statements: every index it
+    built is gone."""
     from dbprobe.analysis.sqltext import leading_keyword
 
     server, db = fresh_shop.server, fresh_shop.database
     role = f"dbprobe_auditor_{secrets.token_hex(4)}"
     password = secrets.token_hex(8)
     target = fresh_shop.target
-    if not disposable:
+    disposable = mode != "read-only"
+    as_role = mode != "disposable"
+    if as_role:
         server.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_stats")
         server.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}", db)
         server.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}", db)
         server.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}", db)
         server.execute(f"GRANT CREATE, TEMPORARY ON DATABASE {db} TO {role}")
+        if mode == "disposable-owner":
+            for (table,) in server.execute(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'", db
+            ):
+                server.execute(f'ALTER TABLE public."{table}" OWNER TO {role}', db)
         target = dataclasses.replace(target, user=role, password=password)
     seen: list[int] = []
     try:
@@ -303,7 +312,13 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
             watcher.start()
             try:
                 report = run_audit(
-                    target, AuditOptions(coldstart=False, disposable=disposable, min_seq_scans=1)
+                    target,
+                    AuditOptions(
+                        coldstart=False,
+                        disposable=disposable,
+                        min_seq_scans=1,
+                        verify="real" if mode == "disposable-owner" else "auto",
+                    ),
                 )
             finally:
                 seen.append(-1)  # stop
@@ -320,7 +335,7 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
             )
         ]
     finally:
-        if not disposable:
+        if as_role:
             server.execute(f"DROP OWNED BY {role}", db)
             server.execute(f"DROP ROLE {role}")
     for key in ("relations", "indexes", "comments", "functions", "extensions", "constraints",
@@ -328,9 +343,19 @@ def test_audit_writes_nothing(fresh_shop: AuditedShop, disposable: bool) -> None
         assert after[key] == before[key], key
     ran = [q for q, n in after["statements"].items() if n > before["statements"].get(q, 0)]
     ran = [q for q in ran if "audit-test-state" not in q]
+    built = [q for q in ran if leading_keyword(q) == "CREATE"]
     for query in ran:
+        if query in built and mode == "disposable-owner":
+            assert query.startswith("CREATE /* dbprobe-audit */ INDEX "), query
+            continue
         assert leading_keyword(query) in READ_ONLY_KINDS, query
-    if disposable:
+    if mode == "disposable-owner":
+        # real indexes built (and recorded), all rolled back: the catalog is unchanged
+        assert built, ran
+        verified = [f for f in report.findings if f.rule == "unindexed-lookup"]
+        assert verified[0].evidence["verification"]["method"] == "real-index"
+        assert any("recorded in pg_stat_statements" in n for n in report.notes)
+    elif disposable:
         assert any("not recorded in pg_stat_statements" in n for n in report.notes)
         assert not [q for q in ran if "dbprobe-audit" in q or q.startswith("EXPLAIN")]
     else:
