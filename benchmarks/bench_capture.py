@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._machine import write_json  # noqa: E402
+
 
 def machine_info() -> str:
     import sqlalchemy
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--iterations", type=int, default=5, help="ORM loop repeats per run")
     parser.add_argument("--core-statements", type=int, default=2000)
+    parser.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = parser.parse_args()
 
     from sqlalchemy import bindparam, create_engine, event, select
@@ -184,6 +187,7 @@ def main() -> None:
         except Exception as exc:  # it does not import on SQLAlchemy 2.1
             nplusone_note = f"nplusone skipped: {type(exc).__name__}: {exc}".splitlines()[0]
 
+        summary: dict[str, Any] = {}
         for title, table in (("wall time", results), ("client CPU time", cpu)):
             for workload, per_mode in table.items():
                 n = statements[workload]
@@ -194,6 +198,7 @@ def main() -> None:
                 print(header + f" {'ratio':>7} {'paired':>7} {'+µs/stmt':>9}")
                 for mode, samples in per_mode.items():
                     med = statistics.median(samples)
+                    per_round = [m / b for m, b in zip(samples, bare_runs, strict=False)]
                     # Paired: each run against the bare run of the same round (same noise).
                     paired = (
                         statistics.median(m / b for m, b in zip(samples, bare_runs, strict=False))
@@ -205,6 +210,14 @@ def main() -> None:
                         f"{min(samples) * 1e3:>8.1f}–{max(samples) * 1e3:<8.1f} "
                         f"{med / bare:>7.3f} {paired:>7.3f} {(med - bare) / n * 1e6:>+9.2f}"
                     )
+                    key = "wall" if title == "wall time" else "cpu"
+                    summary.setdefault(workload, {}).setdefault(mode, {})[key] = {
+                        "us_per_statement": med / n * 1e6,
+                        "ratio": med / bare,
+                        "paired": paired,
+                        "paired_min": min(per_round) if mode != "nplusone" else None,
+                        "paired_max": max(per_round) if mode != "nplusone" else None,
+                    }
         # The cost inside dbprobe's listeners, timed directly (robust on a noisy machine).
         from dbprobe.capture import scope as capture_scope
 
@@ -246,6 +259,13 @@ def main() -> None:
             n = len(spent)
             bare_stmt = statistics.median(results[workload]["bare"]) / statements[workload] * 1e9
             p50, p95 = spent[n // 2], spent[int(n * 0.95)]
+            summary.setdefault(workload, {})["listener_time"] = {
+                "p50_us": p50 / 1e3,
+                "p95_us": p95 / 1e3,
+                "n": n,
+                "bare_us_per_statement": bare_stmt / 1e3,
+                "ratio": 1 + p50 / bare_stmt,
+            }
             print(
                 f"\n{workload}: time inside dbprobe's listeners per statement: p50 "
                 f"{p50 / 1e3:.2f} µs, p95 {p95 / 1e3:.2f} µs (n={n}); against the bare "
@@ -261,6 +281,18 @@ def main() -> None:
             )
         print(f"\n{nplusone_note}")
         engine.dispose()
+        write_json(
+            args.json,
+            {
+                "benchmark": "capture",
+                "server": f"PostgreSQL {pg.version} ({pg.provider})",
+                "rounds": args.rounds,
+                "statements": statements,
+                "summary": summary,
+                "nplusone": nplusone_note,
+                "seconds": {"wall": results, "cpu": cpu},
+            },
+        )
 
 
 if __name__ == "__main__":
