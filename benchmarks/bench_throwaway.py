@@ -116,7 +116,7 @@ def _pg_ctl_peer(provider: str, out: dict[str, list[float]]) -> tuple[list[float
                 str(cluster.data),
                 "-w",
                 "-l",
-                str(cluster.log_path),
+                str(cluster.data / "pg_ctl.log"),  # writable by the account the server runs as
                 "-o",
                 opts,
                 "start",

@@ -58,7 +58,7 @@ from dbprobe.compare.checks import decide  # noqa: E402
 
 SCHEMA = "dbprobe.bench-regress/1"
 DEFAULT_THRESHOLD = 0.25
-DEFAULT_ROUNDS = 7
+DEFAULT_ROUNDS = 5
 
 
 class BadInput(Exception):
@@ -271,17 +271,24 @@ def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def _paired(ours: Callable[[], float], peer: Callable[[], float], rounds: int) -> tuple[float, ...]:
-    """Per round: our cost over the peer's, measured back to back (order alternating)."""
+def _paired(
+    ours: Callable[[], float], peer: Callable[[], float], rounds: int, best_of: int = 3
+) -> tuple[float, ...]:
+    """Per round: our cost over the peer's, each the best of ``best_of`` runs measured
+    back to back in alternating order (the minimum is the run least disturbed by the
+    other processes on the machine)."""
     out = []
     for r in range(rounds):
-        if r % 2 == 0:
-            a = ours()
-            b = peer()
-        else:
-            b = peer()
-            a = ours()
-        out.append(a / b)
+        a: list[float] = []
+        b: list[float] = []
+        for k in range(best_of):
+            if (r + k) % 2 == 0:
+                a.append(ours())
+                b.append(peer())
+            else:
+                b.append(peer())
+                a.append(ours())
+        out.append(min(a) / min(b))
     return tuple(out)
 
 
@@ -337,24 +344,28 @@ def measure_capture(url: str, rounds: int) -> list[Metric]:
         engine.dispose()
 
 
-def measure_fingerprint(rounds: int) -> list[Metric]:
-    """dbprobe's normaliser against a values-only regex, and its cache against a dict."""
+def measure_fingerprint(
+    rounds: int, statements: int = 900, stream_length: int = 100_000
+) -> list[Metric]:
+    """dbprobe's normaliser against a values-only regex on ``statements`` literal
+    statements, and its cache against a dict on a stream of ``stream_length``."""
     from benchmarks.bench_fingerprint import corpus, regex_simple
     from dbprobe.analysis import fingerprint as fpmod
 
     bound, literal, _ = corpus(300)
+    literal = (literal * (statements // len(literal) + 1))[:statements]
 
     def timed(fn: Callable[[str], object], items: Sequence[str]) -> Callable[[], float]:
-        def run() -> float:
-            t0 = time.perf_counter()
+        def run() -> float:  # CPU time: the work is pure Python
+            t0 = time.process_time()
             for s in items:
                 fn(s)
-            return time.perf_counter() - t0
+            return time.process_time() - t0
 
         return run
 
     cold = _paired(timed(fpmod._normalize_uncached, literal), timed(regex_simple, literal), rounds)
-    stream = [bound[i % 120] for i in range(30_000)]
+    stream = [bound[i % 120] for i in range(stream_length)]
     table = {s: fpmod.fingerprint(s) for s in stream}  # also fills dbprobe's cache
     cached = _paired(timed(fpmod.fingerprint, stream), timed(table.get, stream), rounds)
     _progress(f"fingerprint.cold: {statistics.median(cold):.3f}")
@@ -366,18 +377,27 @@ def measure_fingerprint(rounds: int) -> list[Metric]:
 
 
 def measure_pool(dsn: str, rounds: int, seconds: float) -> list[Metric]:
-    """Harness throughput over a bare loop, psycopg_pool with 4 workers (bench_pool's)."""
+    """Harness against a bare loop on psycopg_pool with 4 workers (bench_pool's own
+    functions): throughput, and client CPU per request (steadier under load)."""
     from benchmarks.bench_pool import bare, harness
     from dbprobe.urls import parse_url
 
     target = parse_url(dsn)
-    samples = []
+    qps: list[float] = []
+    cpu: list[float] = []
     for r in range(rounds):
         order = (harness, bare) if r % 2 == 0 else (bare, harness)
-        qps = {fn.__name__: fn("psycopg", target, 4, seconds)["qps"] for fn in order}
-        samples.append(qps["harness"] / qps["bare"])
-    _progress(f"pool.psycopg.4: {statistics.median(samples):.3f}")
-    return [Metric("pool.psycopg.4", tuple(samples), True, "harness / bare q/s, psycopg_pool, 4")]
+        got = {fn.__name__: fn("psycopg", target, 4, seconds) for fn in order}
+        h, b = got["harness"], got["bare"]
+        qps.append(h["qps"] / b["qps"])
+        # client CPU (share of a core) per completed request; both windows are ``seconds``
+        cpu.append((h["cpu"] / max(h["n"], 1)) / (b["cpu"] / max(b["n"], 1)))
+    _progress(f"pool.psycopg.4: {statistics.median(qps):.3f}")
+    _progress(f"pool.psycopg.4.cpu: {statistics.median(cpu):.3f}")
+    return [
+        Metric("pool.psycopg.4", tuple(qps), True, "harness / bare q/s, psycopg_pool, 4"),
+        Metric("pool.psycopg.4.cpu", tuple(cpu), False, "harness / bare CPU per request"),
+    ]
 
 
 def measure_clone(pg: Any, template: str, rounds: int) -> list[Metric]:
@@ -432,7 +452,7 @@ def measure(rounds: int = DEFAULT_ROUNDS, pool_seconds: float = 0.5) -> dict[str
             "FROM generate_series(1, 100000) g; ANALYZE pgbench_accounts",
             bench,
         )
-        metrics += measure_pool(pg.dsn(bench), max(3, rounds // 2 + 1), pool_seconds)
+        metrics += measure_pool(pg.dsn(bench), rounds, pool_seconds)
     return make_document(metrics, rounds=rounds, seconds=time.perf_counter() - t0)
 
 
@@ -447,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results", help="compare this results file instead of measuring")
     ap.add_argument("--output", help="also write the new results here")
     ap.add_argument("--write-baseline", metavar="PATH", help="measure and write a new baseline")
-    ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="default 7")
+    ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="default 5")
     ap.add_argument("--threshold", default="25%", help="default 25%%")
     try:
         args = ap.parse_args(argv)

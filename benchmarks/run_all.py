@@ -318,6 +318,10 @@ def rows_throwaway(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}×" if ratio < 10 else f"{ratio:,.0f}×"
+
+
 def rows_fingerprint(res: dict[str, Any]) -> list[Row]:
     methods = res.get("methods", {})
     ours = methods.get("dbprobe normalize (no cache)")
@@ -338,7 +342,7 @@ def rows_fingerprint(res: dict[str, Any]) -> list[Row]:
                 "uncached rate, literal SQL (distinct keys)",
                 f"{ours['literal_rate']:,.0f}/s ({ours['literal_keys']})",
                 f"{name} {peer['literal_rate']:,.0f}/s ({peer['literal_keys']})",
-                f"{ours['literal_rate'] / peer['literal_rate']:.2f}× the rate",
+                _times(ours["literal_rate"] / peer["literal_rate"]) + " the rate",
             )
         )
     if "cached_rate" in res:
@@ -347,8 +351,8 @@ def rows_fingerprint(res: dict[str, Any]) -> list[Row]:
                 "fingerprint",
                 "cached rate (SQLAlchemy-like stream)",
                 f"{res['cached_rate']:,.0f}/s",
-                "uncached",
-                f"{res['cached_rate'] / ours['bound_rate']:.0f}×",
+                f"uncached {ours['bound_rate']:,.0f}/s",
+                _times(res["cached_rate"] / ours["bound_rate"]),
             )
         )
     return rows
@@ -635,7 +639,8 @@ def summarise(
     for name, o in outcomes.items():
         if o.results is not None:
             try:
-                rows += SUMMARISERS[name](o.results)
+                found = SUMMARISERS[name](o.results)
+                rows += found or [Row(name, "no figures: see its log", "", "", "–")]
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
                 rows.append(
                     Row(name, "summary unavailable", "", "", f"{type(exc).__name__}: {exc}")
