@@ -4,6 +4,8 @@
         [--threshold 25%] [--output results.json]
     python -m benchmarks.regress --baseline benchmarks/baseline.json --results results.json
     python -m benchmarks.regress --write-baseline benchmarks/baseline.json   # refresh it
+    python -m benchmarks.regress --write-baseline benchmarks/baseline.json \
+        --combine run1.json run2.json run3.json       # or from several runs' --output
 
 Every figure is a RATIO of dbprobe's cost against a peer measured in the same process,
 round by round, because ratios move far less with the load of a shared machine than
@@ -134,14 +136,48 @@ def parse_document(doc: Any, source: str) -> dict[str, Metric]:
     return {name: Metric.from_dict(name, raw) for name, raw in metrics.items()}
 
 
-def load_document(path: str) -> dict[str, Metric]:
+def read_document(path: str) -> dict[str, Any]:
+    """A baseline or results document, checked; :class:`BadInput` when unusable."""
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise BadInput(f"{path}: cannot read it ({exc})") from None
-    return parse_document(doc, path)
+    parse_document(doc, path)
+    return dict(doc)
+
+
+def load_document(path: str) -> dict[str, Metric]:
+    return parse_document(read_document(path), path)
+
+
+def combine(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One document holding every round of several runs (a steadier baseline: its median
+    and spread cover more of the machine's moods). Metrics missing from any run are
+    dropped."""
+    parsed = [parse_document(d, f"run {i + 1}") for i, d in enumerate(docs)]
+    names = [n for n in parsed[0] if all(n in p for p in parsed[1:])]
+    metrics = [
+        Metric(
+            n,
+            tuple(v for p in parsed for v in p[n].samples),
+            parsed[0][n].higher_is_better,
+            parsed[0][n].description,
+        )
+        for n in names
+    ]
+    rounds = sum(int(d.get("rounds") or 0) for d in docs)
+    seconds = sum(float(d.get("seconds") or 0) for d in docs)
+    doc = make_document(metrics, rounds=rounds, seconds=seconds)
+    doc["combined_from"] = [
+        {
+            "created_at": d.get("created_at"),
+            "load_average": (d.get("machine") or {}).get("load_average"),
+        }
+        for d in docs
+    ]
+    return doc
 
 
 def make_document(metrics: Sequence[Metric], *, rounds: int, seconds: float) -> dict[str, Any]:
@@ -466,7 +502,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--baseline", help="the committed baseline to compare against")
     ap.add_argument("--results", help="compare this results file instead of measuring")
     ap.add_argument("--output", help="also write the new results here")
-    ap.add_argument("--write-baseline", metavar="PATH", help="measure and write a new baseline")
+    ap.add_argument(
+        "--write-baseline",
+        metavar="PATH",
+        help="write a new baseline: measured now, or combined from --results/--combine files",
+    )
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RESULTS",
+        help="results files to merge (with --write-baseline)",
+    )
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="default 5")
     ap.add_argument("--threshold", default="25%", help="default 25%%")
     try:
@@ -479,6 +525,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BadInput("give --baseline PATH (or --write-baseline PATH to make one)")
         if args.rounds < 3:
             raise BadInput("--rounds must be at least 3")
+        if args.combine and not args.write_baseline:
+            raise BadInput("--combine needs --write-baseline PATH")
+        if args.write_baseline and (args.combine or args.results):
+            files = [*(args.combine or []), *([args.results] if args.results else [])]
+            merged = combine([read_document(f) for f in files])
+            Path(args.write_baseline).write_text(json.dumps(merged, indent=1) + "\n")
+            print(f"baseline of {merged['rounds']} rounds written to {args.write_baseline}")
+            if not args.baseline:
+                return 0
         baseline = load_document(args.baseline) if args.baseline else None
         if args.results:
             results = load_document(args.results)

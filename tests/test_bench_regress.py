@@ -196,3 +196,27 @@ def test_a_real_short_measurement_gives_comparable_ratios(pg: PostgresServer, sh
     doc = regress.make_document(metrics, rounds=3, seconds=1.0)
     parsed = regress.parse_document(json.loads(json.dumps(doc)), "measured")
     assert regress.compare(parsed, parsed).exit_code == 0
+
+
+def test_a_baseline_combined_from_runs_holds_every_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = _doc({"capture.core": ([1.0, 1.1, 1.2], "lower-is-better")})
+    two = _doc(
+        {
+            "capture.core": ([1.3, 1.4, 1.5], "lower-is-better"),
+            "only.here": ([1.0, 1.0, 1.0], "lower-is-better"),
+        }
+    )
+    merged = regress.combine([one, two])
+    metrics = regress.parse_document(merged, "merged")
+    assert set(metrics) == {"capture.core"}  # a metric missing from a run is dropped
+    assert metrics["capture.core"].samples == (1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+    assert metrics["capture.core"].median == pytest.approx(1.25)
+
+    out = tmp_path / "baseline.json"
+    files = [_write(tmp_path, "one.json", one), _write(tmp_path, "two.json", two)]
+    assert regress.main(["--write-baseline", str(out), "--combine", *files]) == 0
+    assert regress.load_document(str(out))["capture.core"].high == pytest.approx(1.5)
+    assert regress.main(["--combine", *files]) == 2
+    assert "--write-baseline" in capsys.readouterr().err
