@@ -19,7 +19,10 @@ absolute times do:
 * ``fingerprint.cached`` — time of ``fingerprint()`` on a SQLAlchemy-like stream (120
   texts repeated) over plain dict look-ups of the same texts (lower is better);
 * ``pool.psycopg.4`` — dbprobe's load harness throughput over a bare hand-written loop
-  on the same psycopg_pool, 4 workers (higher is better);
+  on the same psycopg_pool, 4 workers (higher is better; shown, NOT gating: on a shared
+  machine its rounds swing 0.3–2.5×);
+* ``pool.psycopg.4.cpu`` — the harness's client CPU per request over the bare loop's
+  (lower is better; gating);
 * ``throwaway.clone`` — ``PostgresServer.clone()`` of the seeded shop database over
   ``CREATE DATABASE … TEMPLATE`` sent directly (lower is better).
 
@@ -28,7 +31,8 @@ Each metric keeps its per-round samples, the median and the min–max. The compa
 regresses when its new median is worse than the baseline median by more than the
 threshold (default 25%) AND lies outside the baseline's min–max spread (the interval of
 ``new median / baseline round`` is wholly on the bad side of 1). Beyond the threshold but
-inside the spread is ``inconclusive`` and does not fail.
+inside the spread is ``inconclusive`` and does not fail; a metric marked ``gate: false``
+is compared and shown but never fails.
 
 Exit status: 0 no regression, 1 a regression, 2 bad input (missing or unreadable file,
 a baseline metric the results lack, bad arguments). Takes about a minute on a loaded
