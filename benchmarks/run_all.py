@@ -187,6 +187,9 @@ def run_one(bench: Benchmark, quick: bool, out_dir: Path, index: str) -> RunOutc
             _stop(proc)
             with lock:
                 log.write(f"\nstopped after the {limit:.0f} s limit\n")
+        except BaseException:  # Ctrl-C: its own session does not get the SIGINT
+            _stop(proc)
+            raise
         for p in pumps:
             p.join()
     seconds = time.perf_counter() - t0
