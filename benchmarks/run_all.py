@@ -282,7 +282,9 @@ def verdict(
     cores and the rounds' min–max ``spread`` straddles the limit (or the budget was
     missed) — marked unconfirmed: the noise is then larger than the margin."""
     met = value >= limit if higher_is_better else value <= limit
-    by = (limit / value - 1) if higher_is_better else (value / limit - 1)
+    # the shortfall relative to the limit: 0.45 against ≥ 0.9 is 50% short, 1.10 against
+    # ≤ 1.05 is 4.8% over
+    by = (1 - value / limit) if higher_is_better else (value / limit - 1)
     overloaded = load > cores
     straddles = spread is not None and min(spread) <= limit <= max(spread)
     text = "met" if met else f"missed by {by * 100:.1f}%"

@@ -172,7 +172,8 @@ def test_budget_verdicts_say_met_missed_or_unconfirmed() -> None:
     assert verdict(0.95, 0.9, higher_is_better=True, load=0.5, cores=2) == "met"
     assert verdict(1.10, 1.05, higher_is_better=False, load=0.5, cores=2) == "missed by 4.8%"
     under_load = verdict(0.80, 0.9, higher_is_better=True, load=9.0, cores=2)
-    assert under_load == "unconfirmed under load 9.0 on 2 cores (median missed by 12.5%)"
+    assert under_load == "unconfirmed under load 9.0 on 2 cores (median missed by 11.1%)"
+    assert verdict(0.45, 0.9, higher_is_better=True, load=0.5, cores=2) == "missed by 50.0%"
     # met on the median, but the rounds straddle the limit on an overloaded machine
     straddling = verdict(1.01, 1.05, higher_is_better=False, load=9.0, cores=2, spread=(0.6, 1.6))
     assert straddling.startswith("unconfirmed under load 9.0 on 2 cores (median met; rounds")
