@@ -207,27 +207,27 @@ def decide(
     ratio: float, low: float, high: float, threshold: float, *, higher_is_better: bool
 ) -> Verdict:
     """The verdict of a single check from its point ratio and 95% interval, without a
-    correction for multiple checks: ``regression`` when the whole interval is beyond
-    the limit in the bad direction (worse by more than the limit, not only different),
-    ``inconclusive`` when the point is beyond it but the interval is not, the mirror
-    image an ``improvement``. Without an interval the point decides. (``dbprobe
-    compare`` itself decides from Holm-adjusted p-values of the same test.)"""
-    worse_bound = 1 - threshold if higher_is_better else 1 + threshold
-    better_bound = 1 + threshold if higher_is_better else 1 - threshold
+    correction for multiple checks: ``regression`` when the point ratio is beyond the
+    threshold in the bad direction and, when an interval exists, the whole interval is
+    on the bad side of 1 (the shift is real, not noise); beyond the threshold with an
+    interval that includes 1: ``inconclusive``; the mirror image is an ``improvement``.
+    Without an interval the point decides. (``dbprobe compare`` itself decides from
+    Holm-adjusted one-sided tests against the limit; ``benchmarks/regress.py`` uses this
+    rule.)"""
     if not math.isfinite(ratio):
         return "regression" if (ratio > 1) != higher_is_better else "improvement"
-    worse = ratio < worse_bound if higher_is_better else ratio > worse_bound
-    better = ratio > better_bound if higher_is_better else ratio < better_bound
+    worse = ratio < 1 - threshold if higher_is_better else ratio > 1 + threshold
+    better = ratio > 1 + threshold if higher_is_better else ratio < 1 - threshold
     has_ci = math.isfinite(low) and math.isfinite(high)
     if worse:
         if not has_ci:
             return "regression"
-        real = high < worse_bound if higher_is_better else low > worse_bound
+        real = high < 1 if higher_is_better else low > 1
         return "regression" if real else "inconclusive"
     if better:
         if not has_ci:
             return "improvement"
-        real = low > better_bound if higher_is_better else high < better_bound
+        real = low > 1 if higher_is_better else high < 1
         return "improvement" if real else "unchanged"
     return "unchanged"
 
