@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pool_helpers import (
     checked,
@@ -247,3 +248,38 @@ def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("dbprobe: error: cannot reach")
     assert "secret" not in proc.stderr
+
+
+def test_psycopg_pool_refused_by_the_server_is_no_leak_and_not_graceful() -> None:
+    # The reproduction: a non-superuser role on a max_connections=12 server (9 slots for
+    # it), 4 taken by other clients. psycopg_pool retries a refused connection in the
+    # background and counts it in pool_size meanwhile: pool_size - pool_available said
+    # "1 connection still checked out" (a false connection-leak error), and the refusal,
+    # seen only as connections_errors in the pool's stats, was judged graceful.
+    with throwaway(max_connections=12) as server:
+        server.execute("CREATE ROLE pool_app LOGIN PASSWORD 'pool-app-secret'")
+        server.execute(f'GRANT ALL ON DATABASE "{server.database}" TO pool_app')
+        target = server.target(user="pool_app", password="pool-app-secret")
+        held = [psycopg.connect(target.libpq_dsn(), application_name="other-client")
+                for _ in range(4)]  # fmt: skip
+        try:
+            config = fast(
+                size=3, overflow=2, timeout_s=1.0, max_concurrency=10, steps=(2, 5, 10),
+                spike=0, allow_server_exhaustion=True,
+            )  # fmt: skip
+            doc = checked(stress(target, "psycopg", config=config))
+        finally:
+            for conn in held:
+                conn.close()
+        tree = doc["metrics"]["pool"]["psycopg"]
+        refused = sum(int(s["pool_stats"].get("connections_errors", 0)) for s in tree["steps"])
+        refused += int(tree["stats"].get("connections_errors", 0))
+        assert refused > 0
+        assert tree["checked_out_at_end"] == 0
+        assert tree["sessions_after_close"] == 0
+        rules = {f["rule"] for f in doc["findings"]}
+        assert "connection-leak" not in rules
+        assert "pool-degradation" in rules
+        degradation = next(f for f in doc["findings"] if f["rule"] == "pool-degradation")
+        assert "refused" in degradation["message"]
+        assert not tree["verdict"]["degradation"]["graceful"]

@@ -268,3 +268,26 @@ def test_a_worker_that_dies_of_a_bug_is_not_silently_lost() -> None:
 
     with pytest.raises(ZeroDivisionError, match="bug in a task"):
         asyncio.run(scenario())
+
+
+def test_every_loopback_and_own_address_is_local() -> None:
+    # 127.1 is 127.0.0.1 (the old check knew only the literal "127.0.0.1"); all of
+    # 127.0.0.0/8, ::1 and the machine's own addresses are this machine.
+    from dbprobe.pool.server import is_local, is_local_address, own_addresses
+    from dbprobe.urls import parse_url
+
+    for url in (
+        "postgresql://app@127.1/shop",
+        "postgresql://app@127.0.0.5:5433/shop",
+        "postgresql://app@[::1]/shop",
+        "postgresql://app@localhost/shop",
+        "postgresql:///shop?host=/tmp",
+    ):
+        assert is_local(parse_url(url)), url
+    assert not is_local(parse_url("postgresql://app@192.0.2.250/shop"))  # TEST-NET-1
+    assert is_local_address("::ffff:127.0.0.2")
+    assert not is_local_address("10.1.2.3")
+    own = own_addresses()
+    assert "127.0.0.1" in own or "::1" in own
+    for address in own:
+        assert is_local_address(address, own)

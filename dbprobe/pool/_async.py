@@ -158,7 +158,17 @@ class SqlalchemyAsyncAdapter(AsyncPoolAdapter):
         return self.engine
 
     async def acquire(self, timeout: float | None = None) -> Any:
-        return await self.engine.connect()
+        if timeout is None:
+            return await self.engine.connect()
+        # A per-call timeout (the warm-up's connect timeout) needs the pool's own
+        # timeout changed for this checkout; QueuePool reads it on every wait.
+        pool: Any = self.engine.pool
+        saved = pool._timeout
+        pool._timeout = timeout
+        try:
+            return await self.engine.connect()
+        finally:
+            pool._timeout = saved
 
     async def release(self, conn: Any) -> None:
         await conn.close()
@@ -200,6 +210,11 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
 
     async def open(self) -> None:
         cfg = self.config
+        # Connections handed out and not yet returned, counted here: the pool's own
+        # ``pool_size`` also counts a slot it is still reconnecting in the background
+        # (a refused connection is retried for ``reconnect_timeout``), which is not a
+        # checkout. A set: add and discard are atomic under the GIL, for threads too.
+        self.out: set[int] = set()
         self.pool = AsyncConnectionPool(
             self.target.libpq_dsn(),
             min_size=cfg.size,
@@ -216,9 +231,12 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
         return self.pool
 
     async def acquire(self, timeout: float | None = None) -> Any:
-        return await self.pool.getconn(timeout)
+        conn = await self.pool.getconn(timeout)
+        self.out.add(id(conn))
+        return conn
 
     async def release(self, conn: Any) -> None:
+        self.out.discard(id(conn))
         await self.pool.putconn(conn)
 
     async def run(self, conn: Any) -> None:
@@ -235,8 +253,7 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
         await self.pool.close(timeout=2.0)
 
     def checked_out(self) -> int:
-        stats = self.pool.get_stats()
-        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+        return len(self.out)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.pool.get_stats())

@@ -144,7 +144,15 @@ class SqlalchemyAdapter(PoolAdapter):
         return self.engine
 
     def acquire(self, timeout: float | None = None) -> Any:
-        return self.engine.connect()
+        if timeout is None:
+            return self.engine.connect()
+        pool: Any = self.engine.pool
+        saved = pool._timeout
+        pool._timeout = timeout
+        try:
+            return self.engine.connect()
+        finally:
+            pool._timeout = saved
 
     def release(self, conn: Any) -> None:
         conn.close()
@@ -186,6 +194,7 @@ class PsycopgAdapter(PoolAdapter):
 
     def open(self) -> None:
         cfg = self.config
+        self.out: set[int] = set()
         self.pool = ConnectionPool(
             self.target.libpq_dsn(),
             min_size=cfg.size,
@@ -202,9 +211,12 @@ class PsycopgAdapter(PoolAdapter):
         return self.pool
 
     def acquire(self, timeout: float | None = None) -> Any:
-        return self.pool.getconn(timeout)
+        conn = self.pool.getconn(timeout)
+        self.out.add(id(conn))
+        return conn
 
     def release(self, conn: Any) -> None:
+        self.out.discard(id(conn))
         self.pool.putconn(conn)
 
     def run(self, conn: Any) -> None:
@@ -221,8 +233,7 @@ class PsycopgAdapter(PoolAdapter):
         self.pool.close(timeout=2.0)
 
     def checked_out(self) -> int:
-        stats = self.pool.get_stats()
-        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+        return len(self.out)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.pool.get_stats())
