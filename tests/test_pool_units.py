@@ -291,3 +291,66 @@ def test_every_loopback_and_own_address_is_local() -> None:
     assert "127.0.0.1" in own or "::1" in own
     for address in own:
         assert is_local_address(address, own)
+
+
+def test_open_loop_requests_unserved_at_the_window_end_are_censored_not_dropped() -> None:
+    # 1000 requests/s due for half a second, served at 100/s: by the window's end 99
+    # were served, two are in flight (finish after the end) and 399 were never started.
+    # The old summary kept only the served ones and hid the queue; each unserved request
+    # now counts at its wait so far (end - due time), a lower bound.
+    rec = Recorder()
+    for i in range(100):
+        due = i * 0.001
+        start = i * 0.01
+        rec.ok_scheduled(due, start, start, start + 0.009, start + 0.01)
+    rec.ok_scheduled(0.1, 1.0, 1.0, 1.005, 1.01)  # in flight at the window's end
+    unstarted = [i * 0.001 for i in range(101, 500)]
+    step = summarise(
+        [rec], concurrency=1, window=(0.0, 1.0), client_cpu=0.1, offered_rate=1000.0,
+        unstarted_due=unstarted,
+    )  # fmt: skip
+    assert step.completed == 99  # the 100th ends exactly at the window's end
+    assert step.censored == 1 + 1 + len(unstarted)
+    served = step.response_time_served
+    assert served is not None and served.n == 99
+    assert step.response_time.n == 99 + step.censored
+    # the served p99 is under the window; the censored view puts p50 deep in the backlog
+    assert served.p99 < 1000.0
+    assert step.response_time.p50 > served.p50
+    # the request due at 99 ms, still being served at the end, waited 901 ms so far
+    assert step.response_time.max == pytest.approx(901.0)
+    metrics = step.to_metrics()
+    assert metrics["censored"] == step.censored
+    assert metrics["response_time_served"] is served
+
+
+def test_timed_out_waits_are_counted_beside_the_served_ones() -> None:
+    rec = _recorder([i * 0.001 for i in range(100)], wait=0.0001, query=0.001)
+    for i in range(10):
+        rec.fail(0.01 * i, 0.01 * i + 0.1, "sqlalchemy-queuepool-timeout")
+    step = summarise([rec], concurrency=4, window=(0.0, 1.0), client_cpu=0.1)
+    assert step.acquire_wait.p99 < 1.0  # served requests barely waited...
+    assert step.timeout_share == pytest.approx(10 / 110)
+    with_timeouts = step.acquire_wait_with_timeouts
+    assert with_timeouts is not None and with_timeouts.n == 110
+    assert with_timeouts.p99 == pytest.approx(100.0)  # ...the ones that gave up did
+    assert step.to_metrics()["timeout_share"] == pytest.approx(10 / 110, abs=1e-6)
+
+
+def test_spike_recovery_waits_for_the_spike_to_drain() -> None:
+    # QueuePool is not a FIFO queue: the probe can get a connection ahead of the spike's
+    # waiters. The review's run: a fast probe sustained from 8.6 ms, the spike drained at
+    # 75.9 ms; the old verdict said "recovered in 8.6 ms".
+    spike = [_recorder([0.0], wait=0.0529, query=0.0229) for _ in range(3)]
+    probe = Recorder()
+    for t0 in (0.0085, 0.0095, 0.0105, 0.0115):
+        probe.ok(t0, t0 + 0.0001, t0 + 0.0001, t0 + 0.0003)
+    result = summarise_spike(
+        spike, probe, fired_at=0.0, threshold_s=0.001, unfinished_workers=0, server_backends=3
+    )
+    assert result.probe_recover_ms == pytest.approx(8.6)
+    assert result.drain_ms == pytest.approx(75.9)
+    assert result.recover_ms == pytest.approx(75.9)
+    metrics = result.to_metrics()
+    assert metrics["recover_ms"] == pytest.approx(75.9)
+    assert metrics["probe_recover_ms"] == pytest.approx(8.6)

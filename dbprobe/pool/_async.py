@@ -728,7 +728,7 @@ class AsyncDriver:
             await self.wait_until(window_end, label, begin, window_end)
             cpu1, wall1, host1 = time.process_time(), clock(), host_cpu_times()
             window_end = min(window_end, wall1)
-            backlog = schedule.backlog(window_end) if schedule is not None else 0
+            overdue = schedule.overdue(window_end) if schedule is not None else []
         finally:
             control.stop = True
             unfinished = await workers.join(cfg.drain_cap_s)
@@ -745,7 +745,8 @@ class AsyncDriver:
             host_cpu_busy=host_busy_share(host0, host1),
             offered_rate=rate,
             late_after_s=cfg.timeout_s,
-            backlog=backlog,
+            backlog=len(overdue),
+            unstarted_due=overdue,
             unfinished_workers=unfinished,
             server_backends=backends,
             pool_stats=self.adapter.step_stats(),

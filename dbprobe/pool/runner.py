@@ -42,6 +42,9 @@ ADAPTERS: dict[str, type[Any]] = {
 }
 
 _DRIVER_LOGGERS = ("psycopg.pool", "asyncpg", "asyncpg.pool", "sqlalchemy.pool")
+CENSORED_SHARE = 0.01
+"""An open-loop step with more than this share of its due requests unserved at the
+window's end reports its response percentiles as lower bounds (``≥``)."""
 _CONNECT_KINDS = FATAL_KINDS | {"too-many-clients", "authentication-failed", "does-not-exist"}
 
 
@@ -207,17 +210,31 @@ def _summary_line(kind: str, run: PoolRun, verdicts: PoolVerdicts) -> str:
     for step in run.steps:
         if step.offered_rate is None:
             continue
+        due = step.completed + step.censored
+        if step.censored and step.censored > CENSORED_SHARE * due:
+            p99 = (
+                f"p99 ≥ {step.response_time.p99:.1f} ms from the scheduled start "
+                f"({step.censored} of {due} requests due were not served by the window's "
+                "end and count at their wait so far)"
+            )
+        else:
+            p99 = f"p99 {step.response_time.p99:.1f} ms from the scheduled start"
         parts.append(
-            f"open loop {step.offered_rate:g}/s: {step.throughput_qps:,.0f}/s served, response "
-            f"p99 {step.response_time.p99:.1f} ms from the scheduled start, backlog "
-            f"{step.backlog}"
+            f"open loop {step.offered_rate:g}/s: {step.throughput_qps:,.0f}/s served, "
+            f"response {p99}, backlog {step.backlog}"
         )
     if run.spike is not None:
-        rec = run.spike.recover_ms
-        parts.append(
-            f"spike of {run.spike.requests}: "
-            + (f"recovered in {rec:.0f} ms" if rec is not None else "did not recover")
-        )
+        spike = run.spike
+        rec = spike.recover_ms
+        if rec is None:
+            parts.append(f"spike of {spike.requests}: did not recover")
+        else:
+            drain = "-" if spike.drain_ms is None else f"{spike.drain_ms:.0f}"
+            probe = "-" if spike.probe_recover_ms is None else f"{spike.probe_recover_ms:.0f}"
+            parts.append(
+                f"spike of {spike.requests}: recovered in {rec:.0f} ms (drained in {drain} "
+                f"ms, probe served without waiting from {probe} ms)"
+            )
     return "; ".join(parts)
 
 
