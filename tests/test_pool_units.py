@@ -354,3 +354,20 @@ def test_spike_recovery_waits_for_the_spike_to_drain() -> None:
     metrics = result.to_metrics()
     assert metrics["recover_ms"] == pytest.approx(75.9)
     assert metrics["probe_recover_ms"] == pytest.approx(8.6)
+
+
+def test_a_connection_lost_mid_run_is_not_called_a_connect_failure() -> None:
+    import asyncpg
+
+    from dbprobe.pool.runner import lost_cause
+    from dbprobe.urls import parse_url
+
+    target = parse_url("postgresql://app:secret@127.0.0.1:5432/shop")
+    busy = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    line = lost_cause(busy, target)
+    assert line.startswith("connection to postgresql://app:***@127.0.0.1:5432/shop lost")
+    assert "cannot connect" not in line and "secret" not in line
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert "connection lost" not in lost_cause(refused, target)

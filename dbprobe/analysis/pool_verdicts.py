@@ -99,6 +99,7 @@ class StepView:
     throughput_samples: tuple[float, ...] = ()
     pool_refusals: int = 0
     censored: int = 0
+    window_s: float = math.nan
 
     @property
     def hold_ms(self) -> float:
@@ -145,6 +146,7 @@ class StepView:
             throughput_samples=_samples(step.get("throughput")),
             pool_refusals=pool_refusals(step.get("pool_stats")),
             censored=int(step.get("censored") or 0),
+            window_s=_f(step.get("window_s")),
         )
 
 
@@ -438,6 +440,12 @@ def _unbounded(step: StepView) -> str:
     if step.offered_rate is None:
         return ""
     shortfall = step.throughput_qps < OPEN_LOOP_SHORTFALL * step.offered_rate
+    if shortfall and step.window_s > 0:
+        # Poisson arrivals: a short window at a low rate sees fewer arrivals than the
+        # rate by chance (25 expected, 22 seen is one standard deviation). A shortfall
+        # must exceed three standard deviations of the arrival count.
+        expected = step.offered_rate * step.window_s
+        shortfall = step.completed < OPEN_LOOP_SHORTFALL * expected - 3.0 * math.sqrt(expected)
     if shortfall and (step.backlog > 0 or _rising(step.interval_response_p50, 0.05)):
         return (
             f"completed {step.throughput_qps:.0f} of {step.offered_rate:.0f} requests/s "
@@ -511,14 +519,20 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
         if first.offered_rate is None
         else f"at {first.offered_rate:g} requests/s offered"
     )
+    total = sum(s.timeouts for s in found)
+    overall = (
+        f"; {total} timeouts in all over {len(found)} steps"
+        if total != first.timeouts or len(found) > 1
+        else ""
+    )
     return Exhaustion(
         exhausted=True,
         first_concurrency=first.concurrency,
         first_offered_rate=first.offered_rate,
         severity=Severity.ERROR if severe else Severity.WARNING,
-        timeouts=sum(s.timeouts for s in found),
+        timeouts=total,
         steps=tuple(found),
-        reason=f"{where}: {first.reason}",
+        reason=f"{where}: {first.reason}{overall}",
     )
 
 
@@ -677,7 +691,10 @@ def advise_sizing(
     formula = server_cores * 2 + spindles if server_cores else None
     formula_text = (
         f"the usual formula (cores × 2 + spindles = {server_cores} × 2 + {spindles}) gives "
-        f"{formula}"
+        f"{formula} ACTIVE connections on the database server (busy in a query), for the "
+        "whole fleet; a connection held while the application thinks or waits on other "
+        "I/O is not active there, so the pool must hold throughput × hold time "
+        "connections (Little's law)"
         if formula
         else "the server's core count is unknown (pass --server-cores for the formula)"
     )
@@ -927,9 +944,12 @@ def pool_findings(v: PoolVerdicts) -> list[Finding]:
                 f"{sizing.fleet_connections} connections, over the server's budget of "
                 f"{sizing.budget} (max_connections minus reserved slots)",
                 f"at this capacity the server holds {sizing.max_instances} instance(s): "
-                "lower size + overflow per instance, raise max_connections, or put a "
-                "connection pooler (PgBouncer, transaction mode) between the fleet and the "
-                "server",
+                "prefer a connection pooler (PgBouncer, transaction mode) between the fleet "
+                "and the server, or lower size + overflow per instance. Raising "
+                "max_connections needs a restart and costs memory: a few MB per backend "
+                "plus work_mem for every sort or hash node of every running query "
+                "(× connections); and more active backends than about 2-4 × the server's "
+                "cores only add contention",
                 fingerprint=f"pool-over-budget:{pool}",
                 evidence=sizing.to_metrics(),
             )

@@ -115,7 +115,7 @@ class PoolAdapter:
 
 
 class SqlalchemyAdapter(PoolAdapter):
-    """SQLAlchemy ``AsyncEngine`` with its default ``AsyncAdaptedQueuePool``.
+    """SQLAlchemy ``Engine`` with its default ``QueuePool``.
 
     ``pool_size=size``, ``max_overflow=overflow``, ``pool_timeout=timeout``; a request is
     ``engine.connect()``, ``execute``, ``commit``, ``close``.

@@ -24,7 +24,7 @@ from dbprobe.errors import ConnectError, DbprobeError, UsageError
 from dbprobe.pool import _async, _sync
 from dbprobe.pool.config import ASYNC_KINDS, POOL_CLASSES, StressConfig, Workload, parse_pools
 from dbprobe.pool.control import ProgressFn, RunControl
-from dbprobe.pool.failures import FATAL_KINDS, classify_acquire, is_timeout
+from dbprobe.pool.failures import FATAL_KINDS, classify_acquire, classify_run, is_timeout
 from dbprobe.pool.results import PoolRun
 from dbprobe.pool.server import ServerFacts, ServerMonitor
 from dbprobe.report.model import Finding, Report, Target
@@ -82,6 +82,15 @@ def check_budget(facts: ServerFacts, config: StressConfig) -> None:
             f"superuser-reserved - {facts.reserved} reserved - {facts.client_backends} in "
             "use); lower --size/--overflow or pass --allow-server-exhaustion"
         )
+
+
+def lost_cause(exc: BaseException, target: DatabaseTarget) -> str:
+    """One line for the failure that revealed a server gone mid-run: a connection that
+    was open and failed is "connection lost" (asyncpg's "cannot switch to state …;
+    another operation is in progress" is one), not "cannot connect"."""
+    if classify_run(exc) == "connection-lost":
+        return f"connection to {target.masked()} lost ({type(exc).__name__})"
+    return str(connect_error(exc, target))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -287,7 +296,7 @@ def stress(
                 cause = run.abort_error or ConnectionError("the server went away")
                 raise ConnectError(
                     f"the server went away during the {kind} pool run "
-                    f"(after {len(run.steps)} steps): {connect_error(cause, target)}; "
+                    f"(after {len(run.steps)} steps): {lost_cause(cause, target)}; "
                     "every pooled connection was closed"
                 )
             tree = _pool_metrics(run, config, workload)
@@ -328,6 +337,14 @@ def stress(
         f"{config.think_ms:g} ms, steps of {config.step_seconds:g}s after "
         f"{config.warmup_s:g}s warm-up",
     )
+    if "asyncpg" in kinds and len(kinds) > 1 and not config.autocommit:
+        report.notes.insert(
+            1,
+            "query latency is not comparable across pools: the SQLAlchemy and psycopg "
+            "pools run BEGIN, the statement and COMMIT (three round trips), asyncpg runs "
+            "the statement alone in autocommit (one); pass --autocommit to compare like "
+            "with like",
+        )
     report.extend(_dedupe(findings))
     report.duration_s = time.perf_counter() - t0
     return report
