@@ -121,9 +121,10 @@ class CheckoutLeak:
     location: the innermost application frame (``file:line``, relative to the current
     directory or the file's project root) that checked it out; function: that frame's
     function; stack: the application frames from the outermost in,
-    ``file:line in function`` (library and dbprobe frames left out); held_ms: how long it had been out;
-    backend_pid: its server process; in_transaction: the driver's own view; server_state,
-    xact_age_s, last_query: from ``pg_stat_activity`` (None when not looked up).
+    ``file:line in function`` (library and dbprobe frames left out); held_ms: how long
+    it had been out; backend_pid: its server process; in_transaction: the driver's own
+    view; server_state, xact_age_s, last_query: from ``pg_stat_activity`` (None when not
+    looked up).
     """
 
     pool: str
