@@ -169,6 +169,34 @@ def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, ki
     assert wait_no_sessions(pg) == 0
 
 
+@pytest.mark.parametrize("kind", ["sqlalchemy", "asyncpg"])
+def test_ctrl_c_shows_the_steps_measured_before_it(pg: PostgresServer, kind: str) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "pool", pg.dsn(), "--pool", kind, "--size", "2", "--overflow", "0",
+         "--step-seconds", "0.3", "--max-concurrency", "64", "--spike", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert wait_sessions(pg), "the probe never connected"
+        time.sleep(2.5)  # steps of 0.3 s (+ warm-up): a few are done, more to come
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    done = [line for line in err.splitlines() if "before the interrupt" in line]
+    assert done, err
+    assert f"{kind} concurrency 1:" in done[0]
+    assert "q/s" in done[0] and "(n=" in done[0]
+    assert "Traceback" not in err
+    assert wait_no_sessions(pg) == 0
+
+
 def test_cli_json_report(pg: PostgresServer, tmp_path: Path) -> None:
     out = tmp_path / "pool.json"
     proc = subprocess.run(

@@ -98,6 +98,31 @@ def _one_line(exc: BaseException) -> str:
     return mask_secrets(text[0] if text else type(exc).__name__)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after every pool was closed; ``done`` holds one line per pool
+    finished and per step measured before it, for the command to show."""
+
+    def __init__(self, done: Sequence[str]) -> None:
+        super().__init__("interrupted")
+        self.done = list(done)
+
+
+def _step_lines(kind: str, run: PoolRun) -> list[str]:
+    lines = []
+    for step in run.steps:
+        what = (
+            f"concurrency {step.concurrency}"
+            if step.offered_rate is None
+            else f"open loop {step.offered_rate:g}/s"
+        )
+        lines.append(
+            f"{kind} {what}: {step.throughput_qps:,.0f} q/s, acquire p99 "
+            f"{step.acquire_wait.p99:.2f} ms, response p99 {step.response_time.p99:.2f} ms, "
+            f"{step.timeouts} timeouts (n={step.completed})"
+        )
+    return lines
+
+
 def run_pool(
     kind: str,
     target: DatabaseTarget,
@@ -110,12 +135,18 @@ def run_pool(
 ) -> PoolRun:
     """Drive one pool through the plan (threads or asyncio by its kind)."""
     adapter = ADAPTERS[kind](target, config, workload, app_name)
+    driver: _async.AsyncDriver | _sync.Driver | None = None
     try:
         if kind in ASYNC_KINDS:
             driver = _async.AsyncDriver(adapter, config, monitor, control, progress)
             return asyncio.run(driver.drive())
-        return _sync.Driver(adapter, config, monitor, control, progress).drive()
-    except (DbprobeError, KeyboardInterrupt):
+        driver = _sync.Driver(adapter, config, monitor, control, progress)
+        return driver.drive()
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(_step_lines(kind, driver.result) if driver else []) from None
+    except DbprobeError:
         raise
     except Exception as exc:
         failure = classify_acquire(exc)
@@ -290,6 +321,8 @@ def stress(
             name = application_name(kind, token)
             try:
                 run = run_pool(kind, target, config, workload, monitor, control, name, progress)
+            except Interrupted as exc:
+                raise Interrupted([*report.notes, *exc.done]) from None
             finally:
                 leftover = monitor.wait_closed(name) if monitor.alive else None
             if run.aborted is not None and not monitor.ping():
@@ -387,4 +420,4 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-__all__ = ["ADAPTERS", "application_name", "check_budget", "stress"]
+__all__ = ["ADAPTERS", "Interrupted", "application_name", "check_budget", "stress"]
