@@ -142,6 +142,39 @@ def _clean(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
+def test_psycopg_pool_level_leak_is_counted_by_the_adapter(pg: PostgresServer) -> None:
+    # The adapter counts checkouts itself (not pool_size - pool_available, which also
+    # counts slots the pool is reconnecting): a workload handed the pool that checks out
+    # with getconn() and never returns one is still seen.
+    leaked: list[Any] = []
+
+    def leak_once(pool: Any) -> None:
+        conn = pool.getconn()
+        if not leaked:
+            leaked.append(conn)
+            return
+        try:
+            conn.execute("SELECT 1")
+            conn.commit()
+        finally:
+            pool.putconn(conn)
+
+    config = fast(size=2, overflow=1, steps=(1, 2), spike=0, max_concurrency=None)
+    try:
+        report = stress(
+            pg.dsn(), "psycopg", config=config,
+            workload=Workload.from_callable(leak_once, ["psycopg"], level="pool"),
+        )  # fmt: skip
+    finally:
+        for conn in leaked:
+            conn.close()
+    doc = checked(report)
+    assert doc["metrics"]["pool"]["psycopg"]["checked_out_at_end"] == 1
+    leak = [f for f in doc["findings"] if f["fingerprint"] == "connection-leak:psycopg:checked-out"]
+    assert len(leak) == 1 and leak[0]["count"] == 1
+    assert wait_no_sessions(pg) == 0
+
+
 @pytest.mark.parametrize(("workload", "leaks"), [(_leaky, True), (_clean, False)])
 def test_soak_finds_steady_growth_of_a_leak_and_not_of_its_clean_twin(
     pg: PostgresServer, workload: Any, leaks: bool

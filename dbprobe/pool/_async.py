@@ -210,11 +210,6 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
 
     async def open(self) -> None:
         cfg = self.config
-        # Connections handed out and not yet returned, counted here: the pool's own
-        # ``pool_size`` also counts a slot it is still reconnecting in the background
-        # (a refused connection is retried for ``reconnect_timeout``), which is not a
-        # checkout. A set: add and discard are atomic under the GIL, for threads too.
-        self.out: set[int] = set()
         self.pool = AsyncConnectionPool(
             self.target.libpq_dsn(),
             min_size=cfg.size,
@@ -224,19 +219,42 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
             name=self.application_name,
             open=False,
         )
+        self.count_checkouts()
         await self.pool.open(wait=False)
+
+    def count_checkouts(self) -> None:
+        """Count connections handed out and not yet returned by wrapping the pool
+        instance's ``getconn``/``putconn`` (``pool.connection()`` goes through them too,
+        so pool-level workloads are counted). The pool's own ``pool_size`` also counts a
+        slot it is still reconnecting in the background (a refused connection is retried
+        for ``reconnect_timeout``), which is not a checkout. A set: add and discard are
+        atomic under the GIL, for threads too."""
+        self.out: set[int] = set()
+        out = self.out
+        pool: Any = self.pool
+        original_get = pool.getconn
+        original_put = pool.putconn
+
+        async def getconn(timeout: float | None = None) -> Any:
+            conn = await original_get(timeout)
+            out.add(id(conn))
+            return conn
+
+        async def putconn(conn: Any) -> None:
+            out.discard(id(conn))
+            await original_put(conn)
+
+        pool.getconn = getconn  # instance attributes, on purpose
+        pool.putconn = putconn
 
     @property
     def handle(self) -> Any:
         return self.pool
 
     async def acquire(self, timeout: float | None = None) -> Any:
-        conn = await self.pool.getconn(timeout)
-        self.out.add(id(conn))
-        return conn
+        return await self.pool.getconn(timeout)
 
     async def release(self, conn: Any) -> None:
-        self.out.discard(id(conn))
         await self.pool.putconn(conn)
 
     async def run(self, conn: Any) -> None:

@@ -194,7 +194,6 @@ class PsycopgAdapter(PoolAdapter):
 
     def open(self) -> None:
         cfg = self.config
-        self.out: set[int] = set()
         self.pool = ConnectionPool(
             self.target.libpq_dsn(),
             min_size=cfg.size,
@@ -204,19 +203,42 @@ class PsycopgAdapter(PoolAdapter):
             name=self.application_name,
             open=False,
         )
+        self.count_checkouts()
         self.pool.open(wait=False)
+
+    def count_checkouts(self) -> None:
+        """Count connections handed out and not yet returned by wrapping the pool
+        instance's ``getconn``/``putconn`` (``pool.connection()`` goes through them too,
+        so pool-level workloads are counted). The pool's own ``pool_size`` also counts a
+        slot it is still reconnecting in the background (a refused connection is retried
+        for ``reconnect_timeout``), which is not a checkout. A set: add and discard are
+        atomic under the GIL, for threads too."""
+        self.out: set[int] = set()
+        out = self.out
+        pool: Any = self.pool
+        original_get = pool.getconn
+        original_put = pool.putconn
+
+        def getconn(timeout: float | None = None) -> Any:
+            conn = original_get(timeout)
+            out.add(id(conn))
+            return conn
+
+        def putconn(conn: Any) -> None:
+            out.discard(id(conn))
+            original_put(conn)
+
+        pool.getconn = getconn
+        pool.putconn = putconn
 
     @property
     def handle(self) -> Any:
         return self.pool
 
     def acquire(self, timeout: float | None = None) -> Any:
-        conn = self.pool.getconn(timeout)
-        self.out.add(id(conn))
-        return conn
+        return self.pool.getconn(timeout)
 
     def release(self, conn: Any) -> None:
-        self.out.discard(id(conn))
         self.pool.putconn(conn)
 
     def run(self, conn: Any) -> None:
