@@ -35,9 +35,9 @@ def sample_doc(_sample_doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def _slow_doc(pg: PostgresServer) -> dict[str, Any]:
-    # the same workload with every pooled query 10 ms slower (pg_sleep on the server): a
-    # shift well above the noise of a loaded 2-core machine
-    report = build_sample_report(pg, step_s=0.3, pool_sql="SELECT pg_sleep(0.01)")
+    # the same workload with every pooled query 25 ms slower (pg_sleep on the server): a
+    # shift well above the scheduling noise of a loaded 2-core machine, even at c=8
+    report = build_sample_report(pg, step_s=0.4, pool_sql="SELECT pg_sleep(0.025)")
     doc = report.to_dict()
     validate_report(doc)
     return doc
@@ -45,5 +45,5 @@ def _slow_doc(pg: PostgresServer) -> dict[str, Any]:
 
 @pytest.fixture
 def slow_doc(_slow_doc: dict[str, Any]) -> dict[str, Any]:
-    """A report of the same workload where each pooled query really sleeps 10 ms."""
+    """A report of the same workload where each pooled query really sleeps 25 ms."""
     return copy.deepcopy(_slow_doc)
