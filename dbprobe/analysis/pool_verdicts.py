@@ -687,7 +687,11 @@ def advise_sizing(
     spindles: int,
     instances: int,
     budget: int | None,
+    contention: Contention | None = None,
 ) -> Sizing:
+    """``contention``: whether more connections than a server-limited knee served
+    measurably less (:func:`judge_contention`); without that evidence the advice does
+    not ask for a smaller pool."""
     formula = server_cores * 2 + spindles if server_cores else None
     formula_text = (
         f"the usual formula (cores × 2 + spindles = {server_cores} × 2 + {spindles}) gives "
@@ -715,6 +719,14 @@ def advise_sizing(
             "the load generator saturated before the pool or the server did, so this run "
             "cannot size the pool: run the load from more processes or machines; "
             f"{formula_text}"
+        )
+    elif knee.limited_by == "server" and (contention is None or not contention.significant):
+        recommended = None
+        tested = f" ({contention.reason})" if contention is not None and contention.reason else ""
+        advice = (
+            f"throughput flattens from about {knee.concurrency} connections with the server "
+            f"the limit, but more connections did not serve measurably less{tested}: this "
+            f"run gives no reason to change the capacity of {capacity}; {formula_text}"
         )
     elif knee.limited_by == "server":
         recommended = knee.concurrency
@@ -831,6 +843,7 @@ def judge_pool(
     knee = find_knee(steps, capacity, local_server)
     soak = metrics.get("soak")
     run_stats = metrics.get("stats")
+    contention = judge_contention(steps, knee, capacity)
     return PoolVerdicts(
         pool=pool,
         capacity=capacity,
@@ -851,9 +864,10 @@ def judge_pool(
             spindles=spindles,
             instances=instances,
             budget=budget,
+            contention=contention,
         ),
         soak=tuple(judge_soak(soak["series"])) if soak and soak.get("series") else (),
-        contention=judge_contention(steps, knee, capacity),
+        contention=contention,
     )
 
 
