@@ -400,11 +400,12 @@ class StepExhaustion:
 
 @dataclasses.dataclass(frozen=True)
 class Exhaustion:
-    """Whether the pool ran out: requests timed out waiting, or waits grew without
-    bound. first_concurrency (first_offered_rate for an open-loop step): the lightest
-    step where it happened, closed-loop steps first; steps: every such
-    step; severity: error when it happened at or below twice the capacity (or in open
-    loop), warning above."""
+    """Whether the pool ran out: requests timed out waiting, or (open loop only) the
+    queue grew without bound. first_concurrency (first_offered_rate for an open-loop
+    step): the lightest step where it happened, closed-loop steps first; steps: every
+    such step; severity: error when it happened at or below twice the capacity, or in
+    open loop with the client and its machine not saturated; warning otherwise. The
+    reason gives the first step's figures and, when they differ, the total."""
 
     exhausted: bool
     first_concurrency: int | None
