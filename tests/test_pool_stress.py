@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -299,3 +300,16 @@ def test_findings_severity_and_exit_codes(pg: PostgresServer) -> None:
     assert any(f.severity is Severity.ERROR for f in report.findings)
     assert report.exit_code("never") == 0
     assert report.exit_code("error") == 1
+
+
+def test_a_server_at_127_1_is_local(pg: PostgresServer) -> None:
+    # 127.1 is 127.0.0.1: the server is on this machine, so its cores are this machine's
+    # and a busy machine is client and server competing (the old check knew only the
+    # literal "127.0.0.1" and "localhost", and called such a knee server-limited).
+    dsn = pg.dsn()
+    assert "@127.0.0.1:" in dsn
+    config = fast(steps=(1,), spike=0, max_concurrency=None)
+    doc = checked(stress(dsn.replace("@127.0.0.1:", "@127.1:"), "psycopg", config=config))
+    assert doc["metrics"]["pool_run"]["server"]["local"] is True
+    assert doc["metrics"]["pool_run"]["server_cores"] == os.cpu_count()
+    assert wait_no_sessions(pg) == 0
