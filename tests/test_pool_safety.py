@@ -245,18 +245,34 @@ def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFix
         (["--sql", "SELECT 1", "--scenario", "checkout"], "exclude each other"),
         (["--scenario", "nope", "--pool", "sqlalchemy"], "unknown scenario 'nope'"),
         (["--format", "yaml"], "invalid value for '--format'"),
+        (["--rate", "inf"], "--rate must be a finite number"),
+        (["--rate", "1e12"], "at most 1,000,000 requests/s"),
+        (["--rate", "500000", "--step-seconds", "10"], "arrivals in one step"),
+        (["--timeout", "inf"], "--timeout must be a finite number"),
+        (["--step-seconds", "nan"], "--step-seconds must be a finite number"),
+        (["--think-ms", "1e9"], "--think-ms 1e+09 holds each connection longer"),
+        (["--max-seconds", "inf"], "--max-seconds must be a finite number"),
+        (["--sample-interval", "inf"], "--sample-interval must be a finite number"),
+        (["--spike", "20000"], "over the ceiling of 1000"),
+        (["--max-concurrency", "5000"], "over the ceiling of 1000"),
+        (["--server-cores", "-3"], "--server-cores must be at least 1"),
+        (["--spindles", "-5"], "--spindles must be 0 or more"),
+        (["--max-seconds", "0.001", "--pool", "psycopg"], "before any pool ran"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
     pg: PostgresServer, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    started = time.perf_counter()
     code = main(["-q", "pool", pg.dsn(), "--step-seconds", "0.2", *args])
     err = capsys.readouterr().err
     assert code == 2, err
     (error,) = err.strip().splitlines()
     assert error.startswith("dbprobe")
     assert message.lower() in error.lower()
-    assert pool_sessions(pg) == 0
+    assert time.perf_counter() - started < 30  # refused up front, not after a long run
+    assert wait_no_sessions(pg) == 0  # the monitor too
+    assert open_sockets_to(pg.port) == 0
 
 
 def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:

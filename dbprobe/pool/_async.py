@@ -342,6 +342,24 @@ class AsyncpgAdapter(AsyncPoolAdapter):
 
 # -- workers ---------------------------------------------------------------------------
 
+# Think time longer than this sleeps in slices, so a stop (end of step, time cap,
+# abort) is seen within one slice.
+THINK_SLICE_S = 0.05
+
+
+async def think(control: RunControl, seconds: float) -> None:
+    """Hold the connection ``seconds`` (the request's think time), cut short when the
+    run stops or runs out of time."""
+    if seconds <= THINK_SLICE_S:
+        await asleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while not control.stop and not control.out_of_time:
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        await asleep(min(THINK_SLICE_S, left))
+
 
 async def closed_worker(
     adapter: AsyncPoolAdapter, rec: Recorder | SoakRecorder, control: RunControl, think_s: float
@@ -370,7 +388,7 @@ async def closed_worker(
             await run(conn)
             t2 = clock()
             if think_s:
-                await asleep(think_s)
+                await think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -406,7 +424,7 @@ async def pool_level_worker(
             continue
         t2 = clock()
         if think_s:
-            await asleep(think_s)
+            await think(control, think_s)
         rec.ok(t0, t0, t2, clock())
 
 
@@ -448,7 +466,7 @@ async def open_worker(
             await run(conn)
             t2 = clock()
             if think_s:
-                await asleep(think_s)
+                await think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -492,7 +510,7 @@ async def one_shot_worker(
         await adapter.run(conn)
         t2 = clock()
         if think_s:
-            await asleep(think_s)
+            await think(control, think_s)
     except Exception as exc:
         failure = exc
     try:
@@ -677,6 +695,14 @@ class AsyncDriver:
                 done = min(total - 1, round((clock() - begin) / TICK_S))
                 self.progress(label, done, total)
 
+    def drain_time(self, cap: float | None = None) -> float:
+        """How long workers get to finish after a phase: ``cap`` (default the config's
+        drain cap), but no later than the run's time cap (at least one second, so the
+        pool can still be closed cleanly)."""
+        cap = self.config.drain_cap_s if cap is None else cap
+        left = self.control.deadline - time.perf_counter()
+        return max(1.0, min(cap, left))
+
     async def check_server(self) -> None:
         """A worker saw a failure that may mean the server is gone: ask the monitor."""
         control = self.control
@@ -749,11 +775,12 @@ class AsyncDriver:
             overdue = schedule.overdue(window_end) if schedule is not None else []
         finally:
             control.stop = True
-            unfinished = await workers.join(cfg.drain_cap_s)
+            drain_s = self.drain_time()
+            unfinished = await workers.join(drain_s)
         if self.progress is not None:
             self.progress(label, 1, 1)
         if unfinished and control.abort is None:
-            control.abort = f"{unfinished} workers did not finish within {cfg.drain_cap_s:g}s"
+            control.abort = f"{unfinished} workers did not finish within {drain_s:g}s"
             self.result.aborted = control.abort
         return summarise(
             recorders,
@@ -797,7 +824,7 @@ class AsyncDriver:
             ready_by = clock() + 5.0
             while len(flags.ready) < requests and clock() < ready_by:
                 await asleep(0.002)
-            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            cap = self.drain_time(cfg.timeout_s + cfg.think_s + cfg.drain_cap_s)
             fired = clock()
             flags.deadline = fired + cap
             go.set()
@@ -881,7 +908,7 @@ class AsyncDriver:
                     self.progress(label, min(tick, total), total)
         finally:
             control.stop = True
-            unfinished = await workers.join(cfg.drain_cap_s)
+            unfinished = await workers.join(self.drain_time())
         return summarise_soak(
             recorders,
             samples,

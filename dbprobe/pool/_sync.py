@@ -264,6 +264,23 @@ class PsycopgAdapter(PoolAdapter):
         return dict(self.pool.pop_stats())
 
 
+THINK_SLICE_S = 0.05
+
+
+def think(control: RunControl, seconds: float) -> None:
+    """Hold the connection ``seconds`` (the request's think time), cut short when the
+    run stops or runs out of time."""
+    if seconds <= THINK_SLICE_S:
+        sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while not control.stop and (not control.out_of_time):
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        sleep(min(THINK_SLICE_S, left))
+
+
 def closed_worker(
     adapter: PoolAdapter, rec: Recorder | SoakRecorder, control: RunControl, think_s: float
 ) -> None:
@@ -291,7 +308,7 @@ def closed_worker(
             run(conn)
             t2 = clock()
             if think_s:
-                sleep(think_s)
+                think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -327,7 +344,7 @@ def pool_level_worker(
             continue
         t2 = clock()
         if think_s:
-            sleep(think_s)
+            think(control, think_s)
         rec.ok(t0, t0, t2, clock())
 
 
@@ -365,7 +382,7 @@ def open_worker(
             run(conn)
             t2 = clock()
             if think_s:
-                sleep(think_s)
+                think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -409,7 +426,7 @@ def one_shot_worker(
         adapter.run(conn)
         t2 = clock()
         if think_s:
-            sleep(think_s)
+            think(control, think_s)
     except Exception as exc:
         failure = exc
     try:
@@ -589,6 +606,14 @@ class Driver:
                 done = min(total - 1, round((clock() - begin) / TICK_S))
                 self.progress(label, done, total)
 
+    def drain_time(self, cap: float | None = None) -> float:
+        """How long workers get to finish after a phase: ``cap`` (default the config's
+        drain cap), but no later than the run's time cap (at least one second, so the
+        pool can still be closed cleanly)."""
+        cap = self.config.drain_cap_s if cap is None else cap
+        left = self.control.deadline - time.perf_counter()
+        return max(1.0, min(cap, left))
+
     def check_server(self) -> None:
         """A worker saw a failure that may mean the server is gone: ask the monitor."""
         control = self.control
@@ -661,11 +686,12 @@ class Driver:
             overdue = schedule.overdue(window_end) if schedule is not None else []
         finally:
             control.stop = True
-            unfinished = workers.join(cfg.drain_cap_s)
+            drain_s = self.drain_time()
+            unfinished = workers.join(drain_s)
         if self.progress is not None:
             self.progress(label, 1, 1)
         if unfinished and control.abort is None:
-            control.abort = f"{unfinished} workers did not finish within {cfg.drain_cap_s:g}s"
+            control.abort = f"{unfinished} workers did not finish within {drain_s:g}s"
             self.result.aborted = control.abort
         return summarise(
             recorders,
@@ -709,7 +735,7 @@ class Driver:
             ready_by = clock() + 5.0
             while len(flags.ready) < requests and clock() < ready_by:
                 sleep(0.002)
-            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            cap = self.drain_time(cfg.timeout_s + cfg.think_s + cfg.drain_cap_s)
             fired = clock()
             flags.deadline = fired + cap
             go.set()
@@ -793,7 +819,7 @@ class Driver:
                     self.progress(label, min(tick, total), total)
         finally:
             control.stop = True
-            unfinished = workers.join(cfg.drain_cap_s)
+            unfinished = workers.join(self.drain_time())
         return summarise_soak(
             recorders,
             samples,

@@ -353,6 +353,11 @@ def stress(
             report.notes.append(_summary_line(kind, run, verdicts))
             if run.stopped_early or run.aborted:
                 report.notes.append(f"{kind}: stopped early: {run.stopped_early or run.aborted}")
+    if not metrics:
+        raise UsageError(
+            f"the --max-seconds cap of {config.max_total_s:g}s was reached before any pool "
+            "ran: nothing was measured"
+        )
     report.metrics = {
         "pool": metrics,
         "pool_run": {
