@@ -144,26 +144,49 @@ def test_cli_server_stopped_mid_run_exits_2_with_one_line() -> None:
     assert "went away" in errors[0]
 
 
-@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
-def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
+def _interrupt_after(pg: PostgresServer, args: list[str], marker: str) -> tuple[int, str]:
+    """Run the CLI, wait until stderr shows ``marker`` (a progress line: the probe is
+    measuring), send SIGINT; return the exit code and all of stderr."""
     proc = subprocess.Popen(
-        [*CLI, "pool", pg.dsn(), "--pool", kind, "--size", "2", "--overflow", "1",
-         "--step-seconds", "2", "--think-ms", "5"],
+        [*CLI, "pool", pg.dsn(), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
-    )  # fmt: skip
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        assert wait_sessions(pg), "the probe never connected"
-        time.sleep(0.3)
+        assert seen.wait(60), f"no {marker!r} on stderr: {''.join(lines)}"
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
+    return proc.returncode, "".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
+    code, err = _interrupt_after(
+        pg,
+        ["--pool", kind, "--size", "2", "--overflow", "1", "--step-seconds", "2",
+         "--think-ms", "5"],
+        "pool stress on",
+    )  # fmt: skip
+    assert code == 130, f"exit {code}: {err}"
     assert "interrupted" in err
     assert "Traceback" not in err
     assert wait_no_sessions(pg) == 0
@@ -171,24 +194,13 @@ def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, ki
 
 @pytest.mark.parametrize("kind", ["sqlalchemy", "asyncpg"])
 def test_ctrl_c_shows_the_steps_measured_before_it(pg: PostgresServer, kind: str) -> None:
-    proc = subprocess.Popen(
-        [*CLI, "pool", pg.dsn(), "--pool", kind, "--size", "2", "--overflow", "0",
-         "--step-seconds", "0.3", "--max-concurrency", "64", "--spike", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
+    code, err = _interrupt_after(
+        pg,
+        ["--pool", kind, "--size", "2", "--overflow", "0", "--step-seconds", "0.3",
+         "--max-concurrency", "64", "--spike", "0"],
+        f"{kind} concurrency 2: 1/1",
     )  # fmt: skip
-    try:
-        assert wait_sessions(pg), "the probe never connected"
-        time.sleep(2.5)  # steps of 0.3 s (+ warm-up): a few are done, more to come
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+    assert code == 130, f"exit {code}: {err}"
     done = [line for line in err.splitlines() if "before the interrupt" in line]
     assert done, err
     assert f"{kind} concurrency 1:" in done[0]
@@ -327,3 +339,21 @@ def test_psycopg_pool_refused_by_the_server_is_no_leak_and_not_graceful() -> Non
         degradation = next(f for f in doc["findings"] if f["rule"] == "pool-degradation")
         assert "refused" in degradation["message"]
         assert not tree["verdict"]["degradation"]["graceful"]
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_max_seconds_is_a_hard_cap_even_with_long_think_times(
+    pg: PostgresServer, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Think time of 15 s per request (allowed: under 10 × the 2 s timeout): the old
+    # drains waited max(5 s, 2 × timeout + 1 s + think) per phase whatever --max-seconds
+    # said; think time and drains now stop at the cap.
+    started = time.perf_counter()
+    code = main(["-q", "pool", pg.dsn(), "--pool", kind, "--size", "1", "--overflow", "0",
+                 "--think-ms", "15000", "--max-seconds", "3"])  # fmt: skip
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    assert elapsed < 15.0, f"took {elapsed:.1f}s"
+    assert wait_no_sessions(pg) == 0
+    assert open_sockets_to(pg.port) == 0
