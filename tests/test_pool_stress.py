@@ -319,3 +319,72 @@ def test_a_server_at_127_1_is_local(pg: PostgresServer) -> None:
     assert doc["metrics"]["pool_run"]["server"]["local"] is True
     assert doc["metrics"]["pool_run"]["server_cores"] == os.cpu_count()
     assert wait_no_sessions(pg) == 0
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_measured_waits_match_the_load_by_littles_law(pg: PostgresServer, kind: str) -> None:
+    # A FIFO pool of 2 connections, each request holding one 40 ms, 8 workers: a request
+    # waits for the 6 ahead of it to be served two at a time, (8/2 - 1) × 40 ms = 120 ms.
+    # The measured acquire wait must show it (half of it, as a lower bound with margin).
+    # A spike of 8 on the same pool drains in at least 4 rounds of 40 ms.
+    config = fast(
+        size=2, overflow=0, think_ms=40, timeout_s=5.0, steps=(8,), max_concurrency=8,
+        step_seconds=0.6, spike=8,
+    )  # fmt: skip
+    doc = checked(stress(pg.dsn(), kind, config=config))
+    tree = doc["metrics"]["pool"][kind]
+    (step,) = tree["steps"]
+    assert step["timeouts"] == 0
+    assert step["acquire_wait"]["p50"] >= 60.0, step["acquire_wait"]
+    spike = tree["spike"]
+    assert spike["drain_ms"] >= 120.0, spike
+    assert spike["recover_ms"] >= spike["drain_ms"]
+    assert spike["recover_ms"] <= spike["drain_ms"] + 250.0
+    assert wait_no_sessions(pg) == 0
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+def test_every_pool_sets_the_statement_timeout(pg: PostgresServer, kind: str) -> None:
+    from dbprobe.pool.runner import ADAPTERS
+
+    config = fast()
+    adapter = ADAPTERS[kind](parse_url(pg.dsn()), config, Workload(), "dbprobe-pool-st-test")
+    sql = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+
+    def read(conn: Any) -> Any:
+        if kind == "sqlalchemy":
+            return conn.execute(text(sql)).scalar()
+        return conn.execute(sql).fetchone()[0]
+
+    async def aread(conn: Any) -> Any:
+        if kind == "asyncpg":
+            return await conn.fetchval(sql)
+        if kind == "sqlalchemy-async":
+            return (await conn.execute(text(sql))).scalar()
+        cursor = await conn.execute(sql)
+        return (await cursor.fetchone())[0]
+
+    async def arun() -> Any:
+        await adapter.open()
+        try:
+            conn = await adapter.acquire()
+            try:
+                return await aread(conn)
+            finally:
+                await adapter.release(conn)
+        finally:
+            await adapter.close()
+
+    if kind in ("sqlalchemy", "psycopg"):
+        adapter.open()
+        try:
+            conn = adapter.acquire()
+            try:
+                value = read(conn)
+            finally:
+                adapter.release(conn)
+        finally:
+            adapter.close()
+    else:
+        value = asyncio.run(arun())
+    assert int(value) == config.statement_timeout_ms
