@@ -505,3 +505,96 @@ def test_open_loop_shortfall_within_poisson_noise_is_not_exhaustion() -> None:
     # 2000/s for 0.5 s with 100 served is far outside the noise
     over = dataclasses.replace(noisy, offered_rate=2000.0, completed=100, throughput_qps=200.0)
     assert judge_exhaustion([over], capacity=2, timeout_s=5.0).exhausted
+
+
+# -- thresholds, at and either side -----------------------------------------------------
+
+
+def _closed(qps: list[float], cpu: float = 0.3, host: float = 0.4) -> list[StepView]:
+    levels = [1, 2, 4, 8, 16][: len(qps)]
+    return [
+        StepView.from_metrics(_synthetic_step(c, q, cpu, host))
+        for c, q in zip(levels, qps, strict=True)
+    ]
+
+
+def test_knee_share_is_ninety_percent_of_the_peak() -> None:
+    # peak 1000 at concurrency 8; concurrency 4 at exactly 900 is the knee, at 899 not
+    at = find_knee(_closed([300, 600, 900, 1000, 950]), capacity=16)
+    assert at.concurrency == 4
+    below = find_knee(_closed([300, 600, 899, 1000, 950]), capacity=16)
+    assert below.concurrency == 8
+
+
+def test_client_bound_threshold_is_inclusive_at_085() -> None:
+    at = _closed([300, 600, 900, 1000, 950], cpu=0.85)
+    assert find_knee(at, capacity=16).limited_by == "client"
+    assert judge_client(at).bound
+    under = _closed([300, 600, 900, 1000, 950], cpu=0.849)
+    assert find_knee(under, capacity=16).limited_by == "server"
+    assert not judge_client(under).bound
+
+
+def test_client_bound_uses_the_peak_step_not_the_busiest() -> None:
+    # the busiest step (0.95) is not the peak (1000 q/s at 0.5): not client-bound
+    steps = _closed([300, 600, 900, 1000, 950])
+    steps = [dataclasses.replace(s, client_cpu=0.95 if s.concurrency == 1 else 0.5)
+             for s in steps]  # fmt: skip
+    verdict = judge_client(steps)
+    assert not verdict.bound
+    assert verdict.max_cpu == 0.95
+    assert verdict.bound_steps == (1,)
+
+
+def test_host_bound_threshold_is_inclusive_at_090() -> None:
+    assert find_knee(_closed([300, 600, 900, 1000, 950], host=0.9), 16).limited_by == "host"
+    assert find_knee(_closed([300, 600, 900, 1000, 950], host=0.899), 16).limited_by == "server"
+
+
+def test_exhaustion_severity_at_twice_the_capacity() -> None:
+    def timed_out(c: int) -> StepView:
+        return dataclasses.replace(StepView.from_metrics(_synthetic_step(c, 100, 0.1)), timeouts=2)
+
+    assert judge_exhaustion([timed_out(8)], capacity=4, timeout_s=0.1).severity is Severity.ERROR
+    assert judge_exhaustion([timed_out(9)], capacity=4, timeout_s=0.1).severity is Severity.WARNING
+
+
+def test_open_loop_shortfall_threshold_is_ninety_percent_of_the_rate() -> None:
+    base = dataclasses.replace(
+        StepView.from_metrics(_synthetic_step(8, 100, 0.1)), offered_rate=1000.0,
+        window_s=10.0, backlog=50,
+    )  # fmt: skip
+    # 10 000 expected over 10 s; 3 standard deviations = 300: the bar is 8700 completed
+    short = dataclasses.replace(base, completed=8690, throughput_qps=869.0)
+    assert judge_exhaustion([short], capacity=4, timeout_s=1.0).exhausted
+    enough = dataclasses.replace(base, completed=8710, throughput_qps=871.0)
+    assert not judge_exhaustion([enough], capacity=4, timeout_s=1.0).exhausted
+    served = dataclasses.replace(base, completed=9500, throughput_qps=950.0)
+    assert not judge_exhaustion([served], capacity=4, timeout_s=1.0).exhausted
+
+
+def test_pool_oversized_guards_ratio_and_margin() -> None:
+    def verdicts(capacity: int) -> Any:
+        steps = [_synthetic_step(1, 1000, 0.3), _synthetic_step(2, 2000, 0.3),
+                 _synthetic_step(3, 1200, 0.3), _synthetic_step(4, 1200, 0.3)]  # fmt: skip
+        return judge_pool(
+            "asyncpg", {"steps": steps}, capacity=capacity, timeout_s=1.0, server_cores=2,
+            spindles=0, instances=1, budget=97,
+        )  # fmt: skip
+
+    # knee at 2, the step at the capacity 40% slower in every interval (significant)
+    four, three = verdicts(4), verdicts(3)
+    assert four.contention.significant and three.contention.significant
+    assert four.oversized  # 4 ≥ 1.5 × 2 and 2 above the knee
+    assert not three.oversized  # 3 ≥ 1.5 × 2 but only 1 above the knee
+
+
+def test_spike_errors_make_degradation_not_graceful() -> None:
+    doc = load("think_exhaustion")
+    spike = SpikeView.from_metrics(doc["pool"]["sqlalchemy"]["spike"])
+    steps = steps_of(doc, "sqlalchemy")
+    assert judge_degradation(steps, spike, timeout_s=0.05).graceful
+    refused = dataclasses.replace(spike, errors={"too-many-clients": 1})
+    verdict = judge_degradation(steps, refused, timeout_s=0.05)
+    assert not verdict.graceful
+    assert verdict.errors["too-many-clients"] == 1
