@@ -231,6 +231,36 @@ def test_cli_json_report(pg: PostgresServer, tmp_path: Path) -> None:
     assert "psycopg concurrency 4" in proc.stderr  # progress per step
 
 
+def test_cli_options_reach_the_run(
+    pg: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pool.json"
+    code = main(["-q", "pool", pg.dsn(), "--pool", "psycopg", "--size", "1", "--overflow", "1",
+                 "--step-seconds", "0.2", "--soak", "1", "--sample-interval", "0.1",
+                 "--instances", "50", "--spike", "3", "--server-cores", "4", "--spindles", "1",
+                 "--autocommit", "--format", "json", "--output", str(out)])  # fmt: skip
+    assert code in (0, 1), capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    validate_report(doc)
+    config = doc["metrics"]["pool_run"]["config"]
+    assert config["instances"] == 50
+    assert config["spike"] == 3
+    assert config["spindles"] == 1
+    assert config["soak_s"] == 1.0
+    assert config["sample_interval_s"] == 0.1
+    assert config["autocommit"] is True
+    assert doc["metrics"]["pool_run"]["server_cores"] == 4
+    tree = doc["metrics"]["pool"]["psycopg"]
+    assert tree["autocommit"] is True
+    assert tree["spike"]["requests"] == 3
+    assert len(tree["soak"]["series"]["t_s"]) >= 5
+    sizing = tree["verdict"]["sizing"]
+    assert sizing["formula_size"] == 9  # 4 cores × 2 + 1 spindle
+    assert sizing["fleet_connections"] == 100  # 50 instances × capacity 2
+    assert "pool-over-budget" in {f["rule"] for f in doc["findings"]}
+    assert wait_no_sessions(pg) == 0
+
+
 def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         ["pool", pg.dsn(), "--pool", "asyncpg", "--size", "1", "--overflow", "0",
@@ -290,17 +320,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(
 def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
     import socket
 
+    # a port held bound but not listening for the whole run: nobody else can take it,
+    # and a connection to it is refused at once
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run(
-        [*CLI, "pool", f"postgresql://app:secret@127.0.0.1:{port}/db", "--pool", "psycopg"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-        check=False,
-    )
+        proc = subprocess.run(
+            [*CLI, "pool", f"postgresql://app:secret@127.0.0.1:{port}/db", "--pool", "psycopg"],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+            check=False,
+        )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("dbprobe: error: cannot reach")
     assert "secret" not in proc.stderr
