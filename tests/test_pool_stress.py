@@ -339,6 +339,9 @@ def test_measured_waits_match_the_load_by_littles_law(pg: PostgresServer, kind: 
     spike = tree["spike"]
     assert spike["drain_ms"] >= 120.0, spike
     assert spike["recover_ms"] >= spike["drain_ms"]
+    # the probe queues behind the spike in a FIFO pool: it cannot be served without
+    # waiting before two rounds of 40 ms have passed
+    assert spike["probe_recover_ms"] >= 80.0, spike
     assert spike["recover_ms"] <= spike["drain_ms"] + 250.0
     assert wait_no_sessions(pg) == 0
 
