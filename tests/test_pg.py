@@ -705,3 +705,10 @@ def test_crash_drops_own_url_database_but_not_a_namesake(pg: PostgresServer) -> 
     assert _wait(lambda: not exists(made)), "the crashed run's database was not dropped"
     assert exists(namesake), "a database with another marker was dropped"
     pg.drop_database(namesake)
+
+
+def test_the_server_handle_never_shows_its_password(pg: PostgresServer) -> None:
+    # pytest prints fixture values in failure reports: the repr must not carry secrets
+    assert pg.password, "the session server uses a password on TCP"
+    assert pg.password not in repr(pg)
+    assert pg.password not in str(pg.target())

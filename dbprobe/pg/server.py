@@ -39,7 +39,7 @@ class PostgresServer:
     host: str
     port: int
     user: str
-    password: str | None
+    password: str | None = dataclasses.field(repr=False)
     database: str
     version: str = ""
     version_num: int = 0

@@ -94,7 +94,8 @@ def test_a_really_slower_run_fails_on_p95(
     for level in (1, 2, 4, 8):
         assert (f"pool.psycopg_pool.steps[c={level}].query_latency", "p95") in regressed
     q = next(c for c in result.regressions if c.metric.endswith("[c=1].query_latency"))
-    assert q.ratio > 2 and q.ci_low > 1 and q.p_value < 0.001
+    # 25 ms on top of a base p95 of a few ms: well above 1.5x even when load inflates the base
+    assert q.ratio > 1.5 and q.ci_low > 1 and q.p_value < 0.001
     # and throughput, a rate, fell
     assert any(c.stat == "throughput" and c.ratio < 1 for c in result.regressions)
     # the reverse direction is an improvement (cold start is left out: the two runs
