@@ -182,9 +182,9 @@ def _interrupt_after(pg: PostgresServer, args: list[str], marker: str) -> tuple[
 def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
     code, err = _interrupt_after(
         pg,
-        ["--pool", kind, "--size", "2", "--overflow", "1", "--step-seconds", "2",
+        ["--pool", kind, "--size", "2", "--overflow", "1", "--step-seconds", "1",
          "--think-ms", "5"],
-        "pool stress on",
+        f"{kind} concurrency 1: 1/1",  # measuring: the first step is done
     )  # fmt: skip
     assert code == 130, f"exit {code}: {err}"
     assert "interrupted" in err
