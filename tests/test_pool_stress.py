@@ -58,11 +58,10 @@ def test_every_pool_runs_the_whole_plan_and_closes_every_connection(
     (open_step,) = [s for s in steps if s["offered_rate"] is not None]
     assert open_step["offered_rate"] == 100.0
     assert open_step["lag"]["n"] == open_step["completed"]
-    # 100/s is far below what any pool serves: no queue builds; a stall of the loaded
-    # machine at the window's end may leave a few arrivals due (a share, not a count)
-    arrivals = 100.0 * open_step["window_s"]
-    assert open_step["backlog"] <= max(3.0, 0.25 * arrivals), open_step["backlog"]
-    assert open_step["completed"] >= 3 * max(1, open_step["backlog"])
+    # 100/s is far below what any pool serves: only the few requests falling due while
+    # a loaded machine had the scheduler off the CPU at the window's end may be left
+    # (an overloaded step leaves a backlog many times what it completed)
+    assert open_step["backlog"] <= max(2, open_step["completed"] // 5), open_step
     assert open_step["lag"]["p99"] < config.timeout_s * 1000.0 + 250.0
     spike = tree["spike"]
     assert spike["requests"] == 6
