@@ -332,12 +332,13 @@ def test_measured_waits_match_the_load_by_littles_law(pg: PostgresServer, kind: 
     # The measured acquire wait must show it (half of it, as a lower bound with margin).
     # A spike of 8 on the same pool drains in at least 4 rounds of 40 ms.
     config = fast(
-        size=2, overflow=0, think_ms=40, timeout_s=5.0, steps=(8,), max_concurrency=8,
+        size=2, overflow=0, think_ms=40, timeout_s=5.0, steps=(1, 8), max_concurrency=8,
         step_seconds=0.6, spike=8,
     )  # fmt: skip
     doc = checked(stress(pg.dsn(), kind, config=config))
     tree = doc["metrics"]["pool"][kind]
-    (step,) = tree["steps"]
+    step = tree["steps"][-1]
+    assert step["concurrency"] == 8
     assert step["timeouts"] == 0
     assert step["acquire_wait"]["p50"] >= 60.0, step["acquire_wait"]
     spike = tree["spike"]

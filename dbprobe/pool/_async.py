@@ -850,9 +850,16 @@ class AsyncDriver:
 
     def probe_threshold_s(self) -> float:
         """A probe counts as served without waiting below twice the p99 acquire wait of
-        the lightest step (at least 1 ms)."""
+        the lightest step within the capacity (at least 1 ms; 1 ms when every step was
+        past the capacity, where waits are queueing, not the pool's own cost)."""
         lightest = min(
-            (s for s in self.result.steps if s.offered_rate is None and s.acquire_wait.n),
+            (
+                s
+                for s in self.result.steps
+                if s.offered_rate is None
+                and s.acquire_wait.n
+                and s.concurrency <= self.config.capacity
+            ),
             key=lambda s: s.concurrency,
             default=None,
         )
