@@ -145,6 +145,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(
                 option.flag, action="append", default=None, metavar="PATH", help=option.help
             )
+            # The flag's name with underscores (dbprobe_app_path), and the plural that
+            # earlier releases documented (dbprobe_app_paths); both are read.
+            parser.addini(option.ini, option.help, type="linelist", default=None)
             parser.addini(option.ini + "s", option.help, type="linelist", default=None)
         else:
             metavar = {"int": "N", "rules": "RULES", "str": "PATH"}[option.kind]
@@ -157,11 +160,12 @@ def _raw(config: pytest.Config, option: _Option) -> tuple[Any, str] | None:
     value = config.getoption(option.dest, default=None)
     if value is not None:
         return value, option.flag
-    ini = option.ini + ("s" if option.kind == "paths" else "")
-    value = config.getini(ini)  # None when unset (every key is declared with default=None)
-    if value is None or value == []:
-        return None
-    return value, f"ini {ini}"
+    names = (option.ini, option.ini + "s") if option.kind == "paths" else (option.ini,)
+    for ini in names:
+        value = config.getini(ini)  # None when unset (every key is declared with default=None)
+        if value is not None and value != []:
+            return value, f"ini {ini}"
+    return None
 
 
 def _to_int(value: Any, where: str) -> int:
@@ -281,6 +285,8 @@ def _new_scope(state: _TestState) -> Capture:
     return Capture(
         all_threads=True,
         app_paths=state.config.app_paths,
+        library_paths=state.config.library_paths,
+        use_project_config=False,  # resolved from the rootdir's pyproject.toml already
         name=state.nodeid,
         root=state.config.root,
     )
@@ -368,7 +374,11 @@ def _describe(finding: Finding) -> str:
         lines.append(f"      parent rows loaded at {parents}")
     lines.append(f"      fix: {finding.recommendation}")
     verified = evidence.get("verified")
-    if isinstance(verified, dict) and "queries_after" in verified:
+    if isinstance(verified, dict) and verified.get("error"):
+        lines.append(
+            f"      verified: the re-run with {verified['fix']} failed: {verified['error']}"
+        )
+    elif isinstance(verified, dict) and "queries_after" in verified:
         lines.append(
             f"      verified: {verified['queries_before']} → {verified['queries_after']} "
             f"statements with {verified['fix']}"
@@ -414,6 +424,7 @@ class DbprobeSession:
         self.started = time.time()
         self._baseline: Any = None
         self._verifying = False
+        self._rerun_scope: Capture | None = None
 
     # -- which tests --------------------------------------------------------------------
     def _marker(self, item: pytest.Item) -> dict[str, Any]:
@@ -484,7 +495,17 @@ class DbprobeSession:
     # -- per test -----------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        if self._verifying or not self.wants(item):
+        if self._verifying:
+            # A fix re-run: only its call phase is counted, as for the test itself.
+            rerun = self._rerun_scope
+            if rerun is None:
+                return (yield)
+            rerun.start()
+            try:
+                return (yield)
+            finally:
+                rerun.stop()
+        if not self.wants(item):
             return (yield)
         state = self.state_for(item)
         scope = state.scope or _new_scope(state)
@@ -585,6 +606,7 @@ class DbprobeSession:
 
         from dbprobe.capture.scope import Capture
         from dbprobe.capture.verify import (
+            failed,
             fixes_to_verify,
             loader_fix_applied,
             summarize,
@@ -594,18 +616,36 @@ class DbprobeSession:
         before = self.results[item.nodeid]["statements"]
         verified: dict[str, dict[str, Any]] = {}
         for finding, fix in fixes_to_verify(state.findings):
-            scope = Capture(all_threads=True, root=state.config.root)
+            scope = Capture(
+                all_threads=True,
+                app_paths=state.config.app_paths,
+                library_paths=state.config.library_paths,
+                root=state.config.root,
+                use_project_config=False,
+            )
             self._verifying = True
+            self._rerun_scope = scope
             try:
                 if hasattr(item, "_initrequest"):
                     item._initrequest()
-                with loader_fix_applied([fix]), scope as after_log:
+                with loader_fix_applied([fix]):
                     reports = runtestprotocol(item, nextitem=nextitem, log=False)
+            except Exception as exc:  # the re-run itself broke: report it, go on
+                verified[verification_key(finding)] = failed(fix, exc)
+                continue
             finally:
                 self._verifying = False
-            summary = summarize(fix, finding, before, after_log, state.config.root)
-            summary["rerun_passed"] = all(r.passed for r in reports if r.when == "call")
-            summary["note"] = "statements of the whole re-run test, setup and teardown included"
+                self._rerun_scope = None
+            summary = summarize(fix, finding, before, scope.log, state.config.root)
+            call = [r for r in reports if r.when == "call"]
+            summary["rerun_passed"] = all(r.passed for r in call)
+            if call and not summary["rerun_passed"]:
+                crash = getattr(call[0].longrepr, "reprcrash", None)
+                message = getattr(crash, "message", "") or "the re-run failed"
+                summary["error"] = failed(fix, RuntimeError(message))["error"].partition(": ")[2]
+            summary["note"] = (
+                "statements of the test's call phase, before and after (fixtures not counted)"
+            )
             verified[verification_key(finding)] = summary
         if not verified:
             return

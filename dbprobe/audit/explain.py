@@ -134,6 +134,9 @@ class StatementAnalyzer:
         self._snapshot = snapshot
         self._verifier: IndexVerifier | None = None
         self._proposed: dict[str, set[str]] = {}
+        # One name per proposed index definition, for the analyzer's lifetime: two
+        # statements that need the same index get the same advice, not ``…_2``.
+        self._advised: dict[tuple[str, str, str, str], str] = {}
         self._keep_schema = schema_filter(self.options.schemas, self.options.exclude_schemas)
 
     @property
@@ -200,6 +203,11 @@ class StatementAnalyzer:
             if taken is None:
                 taken = self._proposed[schema] = set(snapshot.relation_names(schema))
             advice_set = advise(cand, indexes, taken=taken)
+            if advice_set.alternatives:
+                advice_set = dataclasses.replace(
+                    advice_set,
+                    alternatives=tuple(self._same_name(a) for a in advice_set.alternatives),
+                )
             if not advice_set.alternatives:
                 if advice_set.served_by is not None:
                     served.append(f"{cand.table_display}: {advice_set.served_by}")
@@ -239,6 +247,7 @@ class StatementAnalyzer:
                 )
                 continue
             taken.add(chosen.name)
+            self._advised.setdefault(_definition(chosen), chosen.name)
             findings.append(finding)
         findings.extend(red_flags(plan))
         return StatementAnalysis(
@@ -251,6 +260,15 @@ class StatementAnalyzer:
             explain_ms=explain_ms,
             verify_ms=tuple(verify_ms),
             generic=generic,
+        )
+
+    def _same_name(self, advice: IndexAdvice) -> IndexAdvice:
+        """``advice`` under the name this analyzer already gave the same index."""
+        name = self._advised.get(_definition(advice))
+        return (
+            advice
+            if name is None or name == advice.name
+            else dataclasses.replace(advice, name=name)
         )
 
     def _verify(
@@ -301,6 +319,10 @@ class StatementAnalyzer:
             ):
                 self.refresh_snapshot()
                 return
+
+
+def _definition(advice: IndexAdvice) -> tuple[str, str, str, str]:
+    return (advice.schema, advice.table, advice.method, advice.columns_text)
 
 
 def analyze_statement(

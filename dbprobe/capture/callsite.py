@@ -18,6 +18,7 @@ application's coroutines are.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -30,9 +31,12 @@ __all__ = ["CALLER_WINDOW", "CallSite", "CallSiteResolver"]
 _MAX_FRAMES = 200
 """A walk stops after this many frames (a runaway recursion is not worth more)."""
 
-CALLER_WINDOW = 8
+CALLER_WINDOW = 64
 """Library frames between the call site and its application caller beyond which the
-caller is not looked for (a framework's dispatch stack is not worth walking)."""
+caller is not looked for. A web framework's test client puts 20-40 frames between a
+test and a view; a test runner's frames (pytest, pluggy) end the search at once."""
+
+_APP, _LIBRARY, _RUNNER = 1, 0, 2
 
 
 class CallSite(NamedTuple):
@@ -66,6 +70,24 @@ def _norm_dir(path: str | os.PathLike[str]) -> str:
     return text if text.endswith(os.sep) else text + os.sep
 
 
+def _package_dir(module_name: str) -> str | None:
+    """Directory of an installed package, without importing it (so the answer does not
+    depend on what was imported first)."""
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        file = spec.origin if spec is not None and spec.has_location else None
+    return _norm_dir(os.path.dirname(file)) if file else None
+
+
+_LIBRARY_PACKAGES = ("sqlalchemy", "greenlet", "dbprobe", "_pytest", "pluggy")
+_RUNNER_PACKAGES = ("_pytest", "pluggy")
+
+
 def _default_library_dirs() -> tuple[str, ...]:
     dirs: set[str] = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -74,13 +96,16 @@ def _default_library_dirs() -> tuple[str, ...]:
         except KeyError:
             continue
         dirs.add(_norm_dir(value))
-    for module_name in ("sqlalchemy", "greenlet", "dbprobe", "_pytest", "pluggy"):
-        module = sys.modules.get(module_name)
-        file = getattr(module, "__file__", None)
-        if file:
-            dirs.add(_norm_dir(os.path.dirname(file)))
+    for module_name in _LIBRARY_PACKAGES:
+        found = _package_dir(module_name)
+        if found:
+            dirs.add(found)
     dirs.add(_norm_dir(os.path.dirname(os.__file__)))  # the standard library
     return tuple(sorted(dirs))
+
+
+def _runner_dirs() -> tuple[str, ...]:
+    return tuple(d for d in (_package_dir(m) for m in _RUNNER_PACKAGES) if d)
 
 
 class CallSiteResolver:
@@ -98,7 +123,10 @@ class CallSiteResolver:
     ) -> None:
         self.app_paths = tuple(_norm_dir(p) for p in app_paths)
         self.library_paths = tuple(_norm_dir(p) for p in library_paths) + _default_library_dirs()
-        self._is_app: dict[str, bool] = {}
+        self.runner_paths = _runner_dirs()
+        # Per file name: _APP, _LIBRARY, or _RUNNER (a test runner's own code: no
+        # application frame calls through it, the caller search stops there).
+        self._kinds: dict[str, int] = {}
         try:
             import greenlet
 
@@ -108,21 +136,26 @@ class CallSiteResolver:
 
     def is_application(self, filename: str) -> bool:
         """Whether frames of ``filename`` are application code (cached)."""
-        decision = self._is_app.get(filename)
-        if decision is None:
-            decision = self._decide(filename)
-            self._is_app[filename] = decision
-        return decision
+        return self._kind(filename) == _APP
 
-    def _decide(self, filename: str) -> bool:
+    def _kind(self, filename: str) -> int:
+        kind = self._kinds.get(filename)
+        if kind is None:
+            kind = self._decide(filename)
+            self._kinds[filename] = kind
+        return kind
+
+    def _decide(self, filename: str) -> int:
         if not filename or filename.startswith("<"):
-            return False  # <frozen ...>, <string>, <stdin>: not a place a user can fix
+            return _LIBRARY  # <frozen ...>, <string>, <stdin>: not a place a user can fix
         path = os.path.normcase(os.path.abspath(filename))
         if any(path.startswith(app) or path + os.sep == app for app in self.app_paths):
-            return True
+            return _APP
+        if any(path.startswith(runner) for runner in self.runner_paths):
+            return _RUNNER
         if any(path.startswith(lib) for lib in self.library_paths):
-            return False
-        return not ("site-packages" in path or "dist-packages" in path)
+            return _LIBRARY
+        return _LIBRARY if ("site-packages" in path or "dist-packages" in path) else _APP
 
     def resolve(self, depth: int = 1) -> tuple[str, int, str] | None:
         """``(file, line, function)`` of the first application frame above the caller
@@ -132,11 +165,13 @@ class CallSiteResolver:
 
     def resolve_with_caller(
         self, depth: int = 1
-    ) -> tuple[tuple[str, int, str], tuple[str, int] | None] | None:
+    ) -> tuple[tuple[str, int, str], tuple[str, int, str] | None] | None:
         """The first application frame (as :meth:`resolve`) and the next application
-        frame that called it, ``(file, line)``, looked for within
-        :data:`CALLER_WINDOW` frames (``None`` when there is none that close)."""
-        cache = self._is_app
+        frame that called it, ``(file, line, function)``, looked for within
+        :data:`CALLER_WINDOW` library frames and never through a test runner's frames
+        (``None`` when there is none)."""
+        kinds = self._kinds
+        window = CALLER_WINDOW
         frame: Any = sys._getframe(depth + 1)
         seen = 0
         walked: Any = None  # the greenlet whose frames are being walked
@@ -146,16 +181,16 @@ class CallSiteResolver:
             while frame is not None and seen < _MAX_FRAMES:
                 code = frame.f_code
                 filename = code.co_filename
-                decision = cache.get(filename)
-                if decision is None:
-                    decision = self.is_application(filename)
-                if decision:
+                kind = kinds.get(filename)
+                if kind is None:
+                    kind = self._kind(filename)
+                if kind == 1:  # _APP (a literal: no global look-up per frame)
                     if site is not None:
-                        return site, (filename, frame.f_lineno)
+                        return site, (filename, frame.f_lineno, code.co_name)
                     site = (filename, frame.f_lineno, code.co_name)
                 elif site is not None:
                     after_site += 1
-                    if after_site > CALLER_WINDOW:
+                    if after_site > window or kind == 2:  # _RUNNER
                         return site, None
                 frame = frame.f_back
                 seen += 1

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dbprobe.analysis.fingerprint import redact_literals
 from dbprobe.capture.log import QueryLog, StatementRecord
 from dbprobe.report.model import Finding
 
@@ -122,6 +123,18 @@ def _sample(query_log: QueryLog, finding: Finding, root: str | None) -> Statemen
     return None
 
 
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
+def safe_error_text(exc: BaseException) -> str:
+    """``Class: first line of the message`` with every quoted or numeric value in it
+    replaced by ``?`` (PostgreSQL quotes the offending value: ``invalid input syntax
+    for type integer: "4111111111111111"``), at most 300 characters."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = redact_literals(_QUOTED.sub('"?"', text))
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
 def attach_explain_costs(
     findings: list[Finding], query_log: QueryLog, root: str | None = None
 ) -> list[Finding]:
@@ -141,7 +154,7 @@ def attach_explain_costs(
                 cost = explain_record(record)
             except Exception as exc:  # report why, keep the finding
                 log.debug("EXPLAIN failed for %s", finding.fingerprint, exc_info=True)
-                evidence["explain"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                evidence["explain"] = {"error": safe_error_text(exc)}
             else:
                 explain = cost.to_dict()
                 explain["count_x_cost"] = round(cost.total_cost * (finding.count or 1), 2)

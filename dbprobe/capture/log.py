@@ -41,6 +41,16 @@ class OrmContext:
     deferred columns; dml: an ORM-enabled INSERT/UPDATE/DELETE; eager: the eager
     loader options on the statement, as ``(path, strategy)`` with strategies
     ``joined``, ``selectin``, ``subquery``, ``immediate``.
+
+    reload: why a reload ran: ``expired`` (attributes expired by ``commit()`` or
+    ``expire()``), ``deferred`` (deferred columns read for the first time) or
+    ``refresh`` (``Session.refresh()``), ``""`` otherwise; attributes: the attributes it
+    loaded (``"Product.description"``), groups their ``deferred(group=...)`` names and
+    deferred_in_mapping whether the mapping defers them (not a ``defer()`` option);
+    populate_existing: the statement overwrites objects already loaded;
+    eager_collections: the eager paths whose last step is a collection; eager_mapped:
+    the eager paths that come from the mapping (``relationship(lazy="selectin")``), not
+    from options on the statement.
     """
 
     entity: str | None = None
@@ -53,6 +63,13 @@ class OrmContext:
     refresh: bool = False
     dml: bool = False
     eager: tuple[tuple[tuple[str, ...], str], ...] = ()
+    reload: str = ""
+    attributes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    deferred_in_mapping: bool = False
+    populate_existing: bool = False
+    eager_collections: tuple[tuple[str, ...], ...] = ()
+    eager_mapped: tuple[tuple[str, ...], ...] = ()
 
     @property
     def collection(self) -> bool:
@@ -68,6 +85,10 @@ class OrmContext:
         out["path"] = list(self.path)
         out["collections"] = list(self.collections)
         out["eager"] = [[list(p), s] for p, s in self.eager]
+        out["attributes"] = list(self.attributes)
+        out["groups"] = list(self.groups)
+        out["eager_collections"] = [list(p) for p in self.eager_collections]
+        out["eager_mapped"] = [list(p) for p in self.eager_mapped]
         return out
 
     @classmethod
@@ -83,6 +104,13 @@ class OrmContext:
             refresh=bool(data.get("refresh", False)),
             dml=bool(data.get("dml", False)),
             eager=tuple((tuple(p), str(s)) for p, s in data.get("eager") or ()),
+            reload=str(data.get("reload") or ""),
+            attributes=tuple(data.get("attributes") or ()),
+            groups=tuple(data.get("groups") or ()),
+            deferred_in_mapping=bool(data.get("deferred_in_mapping", False)),
+            populate_existing=bool(data.get("populate_existing", False)),
+            eager_collections=tuple(tuple(p) for p in data.get("eager_collections") or ()),
+            eager_mapped=tuple(tuple(p) for p in data.get("eager_mapped") or ()),
         )
 
 
@@ -93,8 +121,18 @@ class StatementShape:
     entity/table: what it reads; columns: the selected expressions as Python
     (``"Review.product_id"``, ``"func.count()"``, ``"Product"``); filters: equality
     filters against a bound value, as ``(expression, parameter)`` where parameter is the
-    bind name (dict parameters) or position (tuple parameters); aggregate: the select
-    list is aggregates only; pk: the primary-key attributes of ``entity``.
+    bind name (dict parameters) or position (tuple parameters), and filter_types the
+    SQL type of each filter's column (``"BigInteger"``); aggregate: the select list is
+    aggregates only; pk: the primary-key attributes of ``entity``.
+
+    conditions: every conjunct of the WHERE clause as ``(template, parameters)``: the
+    Python that builds it with ``{}`` for each bound value (``"Review.rating >= {}"``)
+    and the parameters in order, or ``(None, ())`` when it cannot be spelled; order_by
+    / group_by: the expressions as Python (``None`` for one that cannot be spelled);
+    limit / offset / having / distinct / joins: whether the statement has them (joins:
+    it reads more than one table); lock: ``with_for_update(...)`` when it locks rows;
+    options: its loader options as Python, options_complete: all of them could be
+    spelled; pk_types: the SQL type of each primary-key column (``"BigInteger"``).
     """
 
     entity: str | None = None
@@ -103,6 +141,19 @@ class StatementShape:
     filters: tuple[tuple[str, str | int], ...] = ()
     aggregate: bool = False
     pk: tuple[str, ...] = ()
+    filter_types: tuple[str | None, ...] = ()
+    conditions: tuple[tuple[str | None, tuple[str | int, ...]], ...] = ()
+    order_by: tuple[str | None, ...] = ()
+    group_by: tuple[str | None, ...] = ()
+    limit: bool = False
+    offset: bool = False
+    having: bool = False
+    distinct: bool = False
+    joins: bool = False
+    lock: str | None = None
+    options: tuple[str, ...] = ()
+    options_complete: bool = True
+    pk_types: tuple[str | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +163,19 @@ class StatementShape:
             "filters": [list(f) for f in self.filters],
             "aggregate": self.aggregate,
             "pk": list(self.pk),
+            "filter_types": list(self.filter_types),
+            "conditions": [[t, list(refs)] for t, refs in self.conditions],
+            "order_by": list(self.order_by),
+            "group_by": list(self.group_by),
+            "limit": self.limit,
+            "offset": self.offset,
+            "having": self.having,
+            "distinct": self.distinct,
+            "joins": self.joins,
+            "lock": self.lock,
+            "options": list(self.options),
+            "options_complete": self.options_complete,
+            "pk_types": list(self.pk_types),
         }
 
     @classmethod
@@ -123,6 +187,19 @@ class StatementShape:
             filters=tuple((str(e), p) for e, p in data.get("filters") or ()),
             aggregate=bool(data.get("aggregate", False)),
             pk=tuple(data.get("pk") or ()),
+            filter_types=tuple(data.get("filter_types") or ()),
+            conditions=tuple((t, tuple(refs)) for t, refs in data.get("conditions") or ()),
+            order_by=tuple(data.get("order_by") or ()),
+            group_by=tuple(data.get("group_by") or ()),
+            limit=bool(data.get("limit", False)),
+            offset=bool(data.get("offset", False)),
+            having=bool(data.get("having", False)),
+            distinct=bool(data.get("distinct", False)),
+            joins=bool(data.get("joins", False)),
+            lock=data.get("lock"),
+            options=tuple(data.get("options") or ()),
+            options_complete=bool(data.get("options_complete", True)),
+            pk_types=tuple(data.get("pk_types") or ()),
         )
 
 
@@ -137,24 +214,30 @@ class StatementRecord:
     start_ns/duration_ns: ``time.perf_counter_ns`` start and duration; rowcount: the
     driver's row count (-1 when it does not say); connection: an id of the DB-API
     connection; call_site: the first application frame; caller: the application frame
-    that called it, ``(file, line)``, when one is close (N+1 grouping uses both, so one
-    helper called from two places is not a loop); error: the exception class
-    name when the statement failed; ignored: rule ids silenced by ``dbprobe.ignore()``
-    (``"*"`` for all).
+    that called it, ``(file, line, function)``, when one is found (N+1 grouping uses
+    both, so one helper called from two places is not a loop); activation: a number
+    that identifies the thread or asyncio task (more exactly: the context) the statement
+    ran in, so executions from two requests served by two tasks or worker threads are
+    never one loop; runid / parent_runid: the ORM's load run of the objects this
+    statement loaded / of the object whose attribute it loaded (lazy loads, reloads),
+    which ties a lazy load to the statement that loaded its parent; error: the exception
+    class name when the statement failed; ignored: rule ids silenced by
+    ``dbprobe.ignore()`` (``"*"`` for all).
     """
 
     __slots__ = (
         "_database",
+        "_dialect",
         "_fingerprint",
         "_live",
         "_location",
         "_orm",
         "_orm_key",
         "_shape",
+        "activation",
         "call_site",
         "caller",
         "connection",
-        "dialect",
         "duration_ns",
         "engine",
         "error",
@@ -163,7 +246,9 @@ class StatementRecord:
         "joined_root",
         "loaded_parents",
         "parameters",
+        "parent_runid",
         "rowcount",
+        "runid",
         "seq",
         "sql",
         "start_ns",
@@ -178,10 +263,12 @@ class StatementRecord:
         call_site: tuple[str, int, str] | None,
         connection: int,
         engine: Any,
-        dialect: str,
+        dialect: str | None,
         orm_key: Any,
         live: Any,
         ignored: frozenset[str] | None,
+        activation: int = 0,
+        parent_runid: int | None = None,
     ) -> None:
         self.seq = seq
         self.sql = sql
@@ -190,15 +277,18 @@ class StatementRecord:
         self.call_site = call_site
         self.connection = connection
         self.engine = engine
-        self.dialect = dialect
+        self._dialect = dialect
         self._orm_key = orm_key
         self._live = live
         self.ignored = ignored
+        self.activation = activation
+        self.parent_runid = parent_runid
+        self.runid: int | None = None
         self.start_ns = 0
         self.duration_ns = 0
         self.rowcount = -1
         self.error: str | None = None
-        self.caller: tuple[str, int] | None = None
+        self.caller: tuple[str, int, str] | None = None
         self._database: str | None = None
         self.joined_root: type | str | None = None
         self.loaded_parents = -1
@@ -248,6 +338,14 @@ class StatementRecord:
         return self._shape  # type: ignore[no-any-return]
 
     @property
+    def dialect(self) -> str:
+        """The SQLAlchemy dialect name (``postgresql``, ``sqlite``, ...)."""
+        if self._dialect is None:
+            dialect = getattr(self.engine, "dialect", None)
+            self._dialect = str(getattr(dialect, "name", "") or "")
+        return self._dialect
+
+    @property
     def duration_ms(self) -> float:
         return self.duration_ns / 1e6
 
@@ -266,6 +364,10 @@ class StatementRecord:
         if self.caller is None:
             return None
         return f"{relative_path(self.caller[0], root)}:{self.caller[1]}"
+
+    @property
+    def caller_function(self) -> str | None:
+        return None if self.caller is None else self.caller[2]
 
     def location(self, root: str | None = None) -> str | None:
         """``path:line`` of the call site relative to ``root`` (default: cwd)."""
@@ -293,14 +395,15 @@ class StatementRecord:
     def release(self) -> None:
         """Resolve the derived views and drop the references to live SQLAlchemy objects
         (statements, execution options, engines) so the log holds plain data only."""
-        _ = self.fingerprint, self.orm, self.shape, self.database
+        _ = self.fingerprint, self.orm, self.shape, self.database, self.dialect
         self._orm_key = self._live = None
         self.engine = None
         self.joined_root = _class_label(self.joined_root)
 
     def __repr__(self) -> str:
         where = self.location() or "?"
-        return f"<StatementRecord #{self.seq} {self.duration_ms:.3f} ms {where} {self.sql[:60]!r}>"
+        sql = " ".join(redact_literals(self.sql).split())
+        return f"<StatementRecord #{self.seq} {self.duration_ms:.3f} ms {where} {sql[:60]!r}>"
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self, *, root: str | None = None, with_parameters: bool = False) -> dict[str, Any]:
@@ -310,6 +413,7 @@ class StatementRecord:
             "fingerprint": self.fingerprint,
             "kind": self.kind,
             "executemany": self.executemany,
+            "start_ms": round(self.start_ns / 1e6, 6),
             "duration_ms": round(self.duration_ms, 6),
             "rowcount": self.rowcount,
             "connection": self.connection,
@@ -318,6 +422,10 @@ class StatementRecord:
             "location": self.location(root),
             "function": self.function,
             "caller": self.caller_location(root),
+            "caller_function": self.caller_function,
+            "activation": self.activation,
+            "runid": self.runid,
+            "parent_runid": self.parent_runid,
             "error": self.error,
             "ignored": sorted(self.ignored) if self.ignored is not None else None,
             "orm": self.orm.to_dict() if self.orm is not None else None,
@@ -352,12 +460,16 @@ class StatementRecord:
             orm_key=None,
             live=None,
             ignored=frozenset(ignored) if ignored is not None else None,
+            activation=int(data.get("activation") or 0),
+            parent_runid=data.get("parent_runid"),
         )
+        rec.runid = data.get("runid")
         rec._database = str(data.get("database") or "")
         caller = data.get("caller")
         if caller:
             caller_path, _, caller_line = str(caller).rpartition(":")
-            rec.caller = (caller_path, int(caller_line))
+            rec.caller = (caller_path, int(caller_line), str(data.get("caller_function") or "?"))
+        rec.start_ns = int(float(data.get("start_ms") or 0.0) * 1e6)
         rec.duration_ns = int(float(data.get("duration_ms") or 0.0) * 1e6)
         rec.rowcount = int(data.get("rowcount", -1))
         rec.error = data.get("error")
@@ -450,6 +562,9 @@ class QueryLog:
         """relationship (``"Order.items"``) → attribute reads seen while tracked."""
         self.verifications: dict[str, dict[str, Any]] = {}
         """Fix re-runs: ``"<fingerprint>@<location>"`` → before/after statement counts."""
+        self.unrecorded = 0
+        """Statements that ran in another thread or task without a scope while this one
+        was open (not recorded: see ``dbprobe.capture(all_threads=True)``)."""
         self.started_ns = 0
         self.ended_ns = 0
 

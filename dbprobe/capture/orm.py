@@ -16,7 +16,14 @@ from typing import Any
 
 from dbprobe.capture.log import OrmContext, StatementShape
 
-__all__ = ["eager_options", "loader_option", "orm_context", "statement_shape"]
+__all__ = [
+    "eager_options",
+    "loader_option",
+    "orm_context",
+    "orm_execution",
+    "orm_key",
+    "statement_shape",
+]
 
 log = logging.getLogger("dbprobe.capture")
 
@@ -57,27 +64,48 @@ _context_cache: weakref.WeakKeyDictionary[Any, dict[Any, OrmContext | None]] = (
 _shape_cache: weakref.WeakKeyDictionary[Any, StatementShape | None] = weakref.WeakKeyDictionary()
 
 
-def orm_key(execution_options: Any) -> tuple[type | None, bool] | None:
+OrmKey = tuple[type | None, str | None, bool]
+
+
+def orm_execution(execution_options: Any) -> tuple[OrmKey | None, int | None]:
     """What an ORM context needs from one execution, read on the hot path without keeping
-    the execution alive: the class of the object being lazy-loaded from (or ``None``) and
-    whether it refreshes expired attributes. ``None`` for non-ORM executions."""
+    the execution alive: ``((lazy-load parent class or None, reload kind or None,
+    populate_existing), parent runid)``. The reload kind is ``"refresh"``
+    (``Session.refresh()``), ``"expired"`` (attributes expired by commit / expire) or
+    ``"deferred"`` (deferred columns read for the first time); the parent runid is the
+    ORM load run of the object being lazy-loaded from or reloaded. ``(None, None)`` for
+    non-ORM executions."""
     load_options = execution_options.get("_sa_orm_load_options")
     if load_options is None:
-        return None
+        return None, None
     lazy_from = load_options._lazy_loaded_from
-    return (
-        lazy_from.class_ if lazy_from is not None else None,
-        load_options._refresh_state is not None,
-    )
+    populate = bool(load_options._populate_existing)
+    if lazy_from is not None:
+        return (lazy_from.class_, None, populate), getattr(lazy_from, "runid", None)
+    refresh_state = load_options._refresh_state
+    if refresh_state is None:
+        return (None, None, populate), None
+    if getattr(load_options, "_is_user_refresh", False):
+        kind = "refresh"
+    elif refresh_state.expired or refresh_state.expired_attributes:
+        kind = "expired"
+    else:
+        kind = "deferred"
+    return (None, kind, populate), getattr(refresh_state, "runid", None)
 
 
-def orm_context(compiled: Any, key: tuple[type | None, bool] | None) -> OrmContext | None:
+def orm_key(execution_options: Any) -> OrmKey | None:
+    """The first half of :func:`orm_execution` (kept for callers of earlier releases)."""
+    return orm_execution(execution_options)[0]
+
+
+def orm_context(compiled: Any, key: OrmKey | None) -> OrmContext | None:
     """The :class:`OrmContext` of an execution of ``compiled`` (``key`` from
-    :func:`orm_key`), or ``None`` for Core/raw SQL. Cached per compiled statement."""
+    :func:`orm_execution`), or ``None`` for Core/raw SQL. Cached per compiled statement."""
     stmt = getattr(compiled, "statement", None)
     if stmt is None:
         return None
-    cache_key = key or (None, False)
+    cache_key: OrmKey = key or (None, None, False)
     per_compiled = None
     try:
         per_compiled = _context_cache.setdefault(compiled, {})
@@ -86,7 +114,7 @@ def orm_context(compiled: Any, key: tuple[type | None, bool] | None) -> OrmConte
     if per_compiled is not None and cache_key in per_compiled:
         return per_compiled[cache_key]
     try:
-        context = _orm_context(stmt, cache_key[0], cache_key[1])
+        context = _orm_context(stmt, *cache_key)
     except Exception:  # introspection of internals: never let it break a capture
         log.debug("could not read the ORM context of %r", stmt, exc_info=True)
         context = None
@@ -95,7 +123,9 @@ def orm_context(compiled: Any, key: tuple[type | None, bool] | None) -> OrmConte
     return context
 
 
-def _orm_context(stmt: Any, lazy_parent: type | None, refreshing: bool) -> OrmContext | None:
+def _orm_context(
+    stmt: Any, lazy_parent: type | None, reload: str | None, populate_existing: bool = False
+) -> OrmContext | None:
     subject = _subject(stmt)
     if subject is None:
         return None
@@ -105,7 +135,7 @@ def _orm_context(stmt: Any, lazy_parent: type | None, refreshing: bool) -> OrmCo
         return OrmContext(entity=entity, dml=True)
     compile_options = getattr(stmt, "_compile_options", None)
     current_path = getattr(compile_options, "_current_path", None)
-    refresh = bool(getattr(compile_options, "_for_refresh_state", False)) or refreshing
+    refresh = bool(getattr(compile_options, "_for_refresh_state", False)) or reload is not None
 
     relationship = parent = None
     path: tuple[str, ...] = ()
@@ -119,6 +149,16 @@ def _orm_context(stmt: Any, lazy_parent: type | None, refreshing: bool) -> OrmCo
     if lazy_parent is not None:
         parent = lazy_parent.__name__
     pk_get = _is_pk_get(stmt, mapper)
+    attributes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    deferred_in_mapping = False
+    if reload is not None and mapper is not None:
+        keys = getattr(compile_options, "_only_load_props", None) or ()
+        props = [mapper.attrs[k] for k in sorted(keys) if k in mapper.attrs]
+        attributes = tuple(f"{entity}.{p.key}" for p in props)
+        groups = tuple(sorted({p.group for p in props if getattr(p, "group", None)}))
+        deferred_in_mapping = any(getattr(p, "deferred", False) for p in props)
+    eager, eager_collections, eager_mapped = _eager_details(stmt)
     return OrmContext(
         entity=entity,
         relationship=relationship,
@@ -128,7 +168,14 @@ def _orm_context(stmt: Any, lazy_parent: type | None, refreshing: bool) -> OrmCo
         collections=collections,
         pk_get=pk_get,
         refresh=refresh,
-        eager=eager_options(stmt),
+        eager=eager,
+        reload=reload or "",
+        attributes=attributes,
+        groups=groups,
+        deferred_in_mapping=deferred_in_mapping,
+        populate_existing=populate_existing,
+        eager_collections=eager_collections,
+        eager_mapped=eager_mapped,
     )
 
 
@@ -155,12 +202,30 @@ def eager_options(stmt: Any) -> tuple[tuple[tuple[str, ...], str], ...]:
     """Eager loaders of a statement as ``(path, strategy)``, e.g.
     ``(("Order.items", "OrderItem.product"), "joined")``: its loader options, then the
     root entity's relationships that are eager by mapping (``lazy="selectin"``)."""
+    return _eager_details(stmt)[0]
+
+
+def _eager_details(
+    stmt: Any,
+) -> tuple[
+    tuple[tuple[tuple[str, ...], str], ...],
+    tuple[tuple[str, ...], ...],
+    tuple[tuple[str, ...], ...],
+]:
+    """(eager loaders as in :func:`eager_options`, the paths among them whose last step
+    is a collection, the paths that are eager by mapping)."""
     out: list[tuple[tuple[str, ...], str]] = []
+    collections: list[tuple[str, ...]] = []
+    mapped: list[tuple[str, ...]] = []
     mapper = getattr(_subject(stmt), "mapper", None)
     if mapper is not None:
         for rel in mapper.relationships:
             if rel.lazy in _EAGER:
-                out.append(((_prop_name(rel),), str(rel.lazy)))
+                path: tuple[str, ...] = (_prop_name(rel),)
+                out.append((path, str(rel.lazy)))
+                mapped.append(path)
+                if rel.uselist:
+                    collections.append(path)
     for option in getattr(stmt, "_with_options", ()) or ():
         for element in getattr(option, "context", ()) or ():
             strategy = getattr(element, "strategy", None)
@@ -169,8 +234,11 @@ def eager_options(stmt: Any) -> tuple[tuple[tuple[str, ...], str], ...]:
                 continue
             props = _path_props(getattr(element, "path", None))
             if props:
-                out.append((tuple(_prop_name(p) for p in props), str(name)))
-    return tuple(out)
+                path = tuple(_prop_name(p) for p in props)
+                out.append((path, str(name)))
+                if props[-1].uselist:
+                    collections.append(path)
+    return tuple(out), tuple(collections), tuple(mapped)
 
 
 def _expr_name(expr: Any) -> str | None:
@@ -232,9 +300,12 @@ def _uncached_shape(stmt: Any, compiled: Any) -> StatementShape | None:
 
 
 def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
+    from dbprobe.capture.pyexpr import spell, spell_loader_options, spell_lock
+
     subject = _subject(stmt)
     mapper = getattr(subject, "mapper", None)
     entity = _class_name(mapper)
+    mappers = [mapper] if mapper is not None else []
     columns: list[str] = []
     aggregate = True
     any_column = False
@@ -246,7 +317,8 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
             aggregate = False
             any_column = True
             continue
-        name = _expr_name(expr)
+        spelled = spell(expr, mappers)
+        name = spelled[0] if spelled is not None and not spelled[1] else _expr_name(expr)
         if name and name.startswith("func."):
             fname = name[5:].partition("(")[0]
             columns.append(name)
@@ -258,15 +330,28 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
             any_column = True
         if entity is None and ent is not None:
             entity = _class_name(getattr(ent, "__mapper__", None) or ent)
+            ent_mapper = getattr(ent, "__mapper__", None)
+            if ent_mapper is not None:
+                mappers.append(ent_mapper)
     if not any_column and not columns:
         aggregate = False
     positions: dict[str, int] = {}
     positiontup = getattr(compiled, "positiontup", None)
     if positiontup:
         positions = {name: index for index, name in enumerate(positiontup)}
+    bind_names = getattr(compiled, "bind_names", None) or {}
+
+    def ref_of(bind: Any) -> str | int:
+        key = str(bind_names.get(bind) or getattr(bind, "key", ""))
+        return positions.get(key, key) if positions else key
+
     filters: list[tuple[str, str | int]] = []
+    filter_types: list[str | None] = []
+    conditions: list[tuple[str | None, tuple[str | int, ...]]] = []
     where = getattr(stmt, "whereclause", None)
     for clause in _conjuncts(where):
+        spelled = spell(clause, mappers, ref_of)
+        conditions.append((spelled[0], spelled[1]) if spelled is not None else (None, ()))
         left = getattr(clause, "left", None)
         right = getattr(clause, "right", None)
         operator = getattr(getattr(clause, "operator", None), "__name__", "")
@@ -276,26 +361,39 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
             left, right = right, left
         if type(right).__name__ != "BindParameter":
             continue
-        name = _expr_name(left)
-        bind_names = getattr(compiled, "bind_names", None) or {}
-        key = bind_names.get(right) or getattr(right, "key", None)
-        if name is None or key is None:
+        column = spell(left, mappers)
+        name = column[0] if column is not None and not column[1] else _expr_name(left)
+        if name is None:
             continue
-        ref: str | int = positions.get(key, key) if positions else key
-        filters.append((name, ref))
+        filters.append((name, ref_of(right)))
+        filter_types.append(type(getattr(left, "type", None)).__name__ or None)
     table = None
     froms = getattr(stmt, "get_final_froms", None)
-    if callable(froms):
-        for from_ in froms():
-            table = getattr(from_, "name", None)
-            if table:
-                break
+    final_froms = list(froms()) if callable(froms) else []
+    for from_ in final_froms:
+        table = getattr(from_, "name", None)
+        if table:
+            break
+    joins = len(final_froms) > 1 or any(type(f).__name__ == "Join" for f in final_froms)
     pk: tuple[str, ...] = ()
+    pk_types: tuple[str | None, ...] = ()
     if mapper is not None:
         pk = tuple(
             getattr(mapper.get_property_by_column(col), "key", col.key)
             for col in mapper.primary_key
         )
+        pk_types = tuple(
+            type(getattr(col, "type", None)).__name__ or None for col in mapper.primary_key
+        )
+
+    def spelled_list(clauses: Any) -> tuple[str | None, ...]:
+        out: list[str | None] = []
+        for clause in clauses or ():
+            done = spell(clause, mappers)
+            out.append(done[0] if done is not None and not done[1] else None)
+        return tuple(out)
+
+    options, complete = spell_loader_options(getattr(stmt, "_with_options", ()) or ())
     return StatementShape(
         entity=entity,
         table=table,
@@ -303,6 +401,20 @@ def _statement_shape(stmt: Any, compiled: Any) -> StatementShape:
         filters=tuple(filters),
         aggregate=aggregate and bool(columns),
         pk=pk,
+        filter_types=tuple(filter_types),
+        conditions=tuple(conditions),
+        order_by=spelled_list(getattr(stmt, "_order_by_clauses", ())),
+        group_by=spelled_list(getattr(stmt, "_group_by_clauses", ())),
+        limit=getattr(stmt, "_limit_clause", None) is not None
+        or getattr(stmt, "_fetch_clause", None) is not None,
+        offset=getattr(stmt, "_offset_clause", None) is not None,
+        having=bool(getattr(stmt, "_having_criteria", ())),
+        distinct=bool(getattr(stmt, "_distinct", False)),
+        joins=joins,
+        lock=spell_lock(getattr(stmt, "_for_update_arg", None)),
+        options=options,
+        options_complete=complete,
+        pk_types=pk_types,
     )
 
 
@@ -342,25 +454,31 @@ def loader_option(path: tuple[str, ...], strategies: tuple[str, ...], registry: 
 
 
 class StatementInfo:
-    """What the hot path needs to know about one compiled ORM statement (computed once
-    per compiled statement): the root entity whose objects to count when a joined eager
-    load of a collection multiplies rows, and the eager-loaded relationships whose reads
-    to track (``(class, attribute key, "Class.key")``)."""
+    """What the hot path needs to know about one compiled statement (computed once per
+    compiled statement): whether it is an ORM SELECT (its loaded objects tell which load
+    run it was), the root entity whose objects to count when a joined eager load of a
+    collection multiplies rows, and the eager-loaded relationships whose reads to track
+    (``(class, attribute key, "Class.key")``)."""
 
-    __slots__ = ("eager_attributes", "joined_root", "root_mapper")
+    __slots__ = ("eager_attributes", "joined_root", "orm_select", "root_mapper", "watch")
 
     def __init__(
         self,
         joined_root: type | None,
         root_mapper: Any,
         eager_attributes: tuple[tuple[type, str, str], ...],
+        orm_select: bool = True,
     ) -> None:
         self.joined_root = joined_root
         self.root_mapper = root_mapper
         self.eager_attributes = eager_attributes
+        self.orm_select = orm_select
+        self.watch = joined_root is not None or bool(eager_attributes)
 
 
-NO_INFO = StatementInfo(None, None, ())
+NO_INFO = StatementInfo(None, None, (), orm_select=False)
+ORM_SELECT = StatementInfo(None, None, ())
+"""An ORM SELECT with no eager load to watch (relationship loads included)."""
 
 
 def statement_info(compiled: Any) -> StatementInfo:
@@ -384,7 +502,7 @@ def _statement_info(stmt: Any) -> StatementInfo:
     compile_options = getattr(stmt, "_compile_options", None)
     current_path = getattr(compile_options, "_current_path", None)
     if current_path is not None and _path_props(current_path):
-        return NO_INFO  # a relationship load: its own statement is not the user's query
+        return ORM_SELECT  # a relationship load: its own statement is not the user's query
     attributes: dict[tuple[type, str], str] = {}
     joined_root: type | None = None
     for option in getattr(stmt, "_with_options", ()) or ():
@@ -405,5 +523,5 @@ def _statement_info(stmt: Any) -> StatementInfo:
                 joined_root = mapper.class_
     eager = tuple((cls, key, label) for (cls, key), label in attributes.items())
     if joined_root is None and not eager:
-        return NO_INFO
+        return ORM_SELECT
     return StatementInfo(joined_root, mapper, eager)

@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any
 
+from dbprobe.analysis.fingerprint import redact_literals
 from dbprobe.capture.log import QueryLog, StatementRecord
 from dbprobe.report.model import Finding
 
@@ -101,7 +102,12 @@ class CapturedPlanAnalysis:
             params = record.parameters
             if record.executemany or isinstance(params, list):
                 return ()
-            result = db.analyzer.analyze(record.sql, params, fingerprint=record.fingerprint)
+            result = db.analyzer.analyze(
+                record.sql,
+                params,
+                fingerprint=record.fingerprint,
+                report_sql=redact_literals(record.sql),  # inlined values stay out
+            )
         except Exception as exc:  # never let a check break the test run
             log.debug("EXPLAIN of a captured statement failed: %r", exc)
             return ()

@@ -20,7 +20,9 @@ import contextvars
 import functools
 import inspect
 import itertools
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 from dbprobe.capture.callsite import CallSiteResolver
 from dbprobe.capture.log import Boundary, QueryLog, StatementRecord
-from dbprobe.capture.orm import NO_INFO, StatementInfo, orm_key, statement_info
+from dbprobe.capture.orm import StatementInfo, orm_execution, statement_info
 
 __all__ = ["Capture", "IgnoreBlock", "capture", "ignore", "resolver"]
 
@@ -47,19 +49,32 @@ _lock = threading.RLock()
 _installed = 0
 _seq = itertools.count(1)
 _resolver = CallSiteResolver()
+# The resolver that configure_call_sites() set up (process-wide); directories a scope
+# adds (its app_paths, [tool.dbprobe]) last until the last scope stops.
+_configured_resolver = _resolver
 _perf_ns = time.perf_counter_ns
 _RECORD_ATTR = "_dbprobe_record"
 # Per compiled statement: which eager loads to watch (computed once, dropped with the
 # last scope). Compiled objects are SQLAlchemy's own cache entries, so this holds them
 # no longer than a capture is open.
 _info_cache: dict[Any, StatementInfo] = {}
-# The record of the last statement in this context that joined-eager-loads a collection:
-# its root entity's "load" events are counted into it.
-_counting: contextvars.ContextVar[StatementRecord | None] = contextvars.ContextVar(
-    "dbprobe_counting", default=None
-)
-_load_listeners: set[Any] = set()
 _trackers: dict[tuple[type, str], _TouchTracker] = {}
+_load_listening = False
+# This context's activation number and last ORM statement (see _ContextState).
+_state: contextvars.ContextVar[_ContextState | None] = contextvars.ContextVar(
+    "dbprobe_state", default=None
+)
+_activations = itertools.count(1)
+_get_ident = threading.get_ident
+# asyncio's C helpers, bound when the first scope opens (no asyncio import before).
+_get_running_loop: Callable[[], Any] | None = None
+_current_task: Callable[[Any], Any] | None = None
+# Frames above the listener that are always SQLAlchemy's (None: not checked yet).
+_skip: int | None = None
+# Context-bound scopes open anywhere in the process (for the unscoped-thread warning).
+_open_context_scopes: set[Capture] = set()
+_warned_unscoped = False
+log = logging.getLogger("dbprobe.capture")
 
 
 def resolver() -> CallSiteResolver:
@@ -69,6 +84,13 @@ def resolver() -> CallSiteResolver:
 
 def configure_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[str] = ()) -> None:
     """Add application / library directories for call-site resolution (process-wide)."""
+    global _configured_resolver
+    _add_call_sites(app_paths, library_paths)
+    _configured_resolver = _resolver
+
+
+def _add_call_sites(app_paths: Iterable[str] = (), library_paths: Iterable[str] = ()) -> None:
+    """Add directories until the last open scope stops."""
     global _resolver
     apps = {os.path.abspath(p) for p in app_paths}
     libs = {os.path.abspath(p) for p in library_paths}
@@ -100,6 +122,65 @@ def _targets() -> tuple[Capture, ...]:
     return scopes
 
 
+def _calibrate_skip() -> int:
+    """How many frames above the listener can be skipped without looking. SQLAlchemy
+    calls before_cursor_execute listeners from ``Connection._exec_single_context`` (or
+    ``_exec_insertmany_context``), called by ``Connection._execute_context``, called by
+    one of its ``_execute_*`` / ``_exec_driver_sql`` methods: three frames that are
+    always SQLAlchemy's, whatever the application called. Checked once per process (the
+    three frames must be in SQLAlchemy's directory); 0, walk every frame, otherwise."""
+    global _skip
+    if _skip is None:
+        root = _sqlalchemy_dir()
+        frames: list[str] = []
+        frame: Any = sys._getframe(1)  # the listener
+        for _ in range(3):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                break
+            frames.append(frame.f_code.co_filename)
+        _skip = 3 if root and len(frames) == 3 and all(f.startswith(root) for f in frames) else 0
+    return _skip
+
+
+def _sqlalchemy_dir() -> str | None:
+    module = sys.modules.get("sqlalchemy")
+    file = getattr(module, "__file__", None)
+    return os.path.dirname(file) + os.sep if file else None
+
+
+class _ContextState:
+    """Per thread / asyncio task state, kept in one context variable: the activation
+    number of the context and the ORM statement it ran last (whose "load" events give
+    its runid). A context inherited from another thread or task (``copy_context()``,
+    a task created by another) gets its own state at its first statement."""
+
+    __slots__ = ("activation", "loading", "task", "thread")
+
+    def __init__(self, thread: int, task: int) -> None:
+        self.thread = thread
+        self.task = task
+        self.activation = next(_activations)
+        self.loading: StatementRecord | None = None
+
+
+def _context_state() -> _ContextState:
+    thread = _get_ident()
+    loop = _get_running_loop() if _get_running_loop is not None else None
+    task = 0 if loop is None else id(_current_task(loop))  # type: ignore[misc]
+    state = _state.get()
+    if state is None or state.thread != thread or state.task != task:
+        state = _ContextState(thread, task)
+        _state.set(state)
+    return state
+
+
+def _activation_number() -> int:
+    """The activation of the current context: a number per thread or asyncio task that
+    runs statements (a context inherited from another thread or task gets its own)."""
+    return _context_state().activation
+
+
 def _before_cursor_execute(
     conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> tuple[str, Any]:
@@ -108,19 +189,33 @@ def _before_cursor_execute(
     if _process_scopes:
         scopes = _targets()
     if not scopes or _suspend.get():
+        if not scopes and _open_context_scopes and not _suspend.get():
+            _unscoped_statement()
         return statement, parameters
     engine = conn.engine
-    found = _resolver.resolve_with_caller(1)
+    skip = _skip if _skip is not None else _calibrate_skip()
+    found = _resolver.resolve_with_caller(1 + skip)
     site, caller = found if found is not None else (None, None)
     try:
-        connection = id(conn.connection.dbapi_connection)
+        connection = id(conn._dbapi_connection.dbapi_connection)
     except Exception:  # a closed or invalidated connection: still record the statement
         connection = 0
+    key = parent_runid = None
     try:
         compiled = context.compiled
-        key = orm_key(context.execution_options) if compiled is not None else None
+        if compiled is not None:
+            key, parent_runid = orm_execution(context.execution_options)
     except AttributeError:  # no execution context (or a custom one)
-        compiled = key = None
+        compiled = None
+    # The activation of this context (inlined _context_state(): it runs every statement;
+    # both asyncio helpers are bound by _install before any scope can be open).
+    thread = _get_ident()
+    loop = _get_running_loop()  # type: ignore[misc]
+    task = 0 if loop is None else id(_current_task(loop))  # type: ignore[misc]
+    state = _state.get()
+    if state is None or state.thread != thread or state.task != task:
+        state = _ContextState(thread, task)
+        _state.set(state)
     record = StatementRecord(
         next(_seq),
         statement,
@@ -129,10 +224,12 @@ def _before_cursor_execute(
         site,
         connection,
         engine,
-        engine.dialect.name,
+        None,
         key,
         compiled,
         _ignored.get(),
+        state.activation,
+        parent_runid,
     )
     for scope in scopes:
         if scope.engines is None or engine in scope.engines:
@@ -143,11 +240,33 @@ def _before_cursor_execute(
             info = _info_cache.get(compiled)
             if info is None:
                 info = _info_cache[compiled] = statement_info(compiled)
-            if info is not NO_INFO:
-                _watch_eager_loads(info, record, scopes)
+            if info.orm_select:
+                # The ORM "load" event tells which load run this statement's objects get.
+                state.loading = record
+                if not _load_listening:
+                    _listen_loads()
+                if info.watch:
+                    _watch_eager_loads(info, record, scopes)
     record.caller = caller
     record.start_ns = _perf_ns()
     return statement, parameters
+
+
+def _unscoped_statement() -> None:
+    """A statement ran in a thread or task that has no capture scope while a scope is
+    open in another context (a ThreadPoolExecutor worker does not inherit contextvars):
+    count it on the open scopes and say so once."""
+    global _warned_unscoped
+    for scope in tuple(_open_context_scopes):
+        scope.log.unrecorded += 1
+    if not _warned_unscoped:
+        _warned_unscoped = True
+        log.warning(
+            "dbprobe.capture(): a statement ran in a thread or task without a capture "
+            "scope while one is open elsewhere, and was not recorded (worker threads do "
+            "not inherit the scope); use dbprobe.capture(all_threads=True) to record "
+            "every thread"
+        )
 
 
 def _watch_eager_loads(
@@ -158,15 +277,6 @@ def _watch_eager_loads(
     if info.joined_root is not None:
         record.joined_root = info.joined_root
         record.loaded_parents = 0
-        _counting.set(record)
-        mapper = info.root_mapper
-        if mapper not in _load_listeners:
-            with _lock:
-                if mapper not in _load_listeners:
-                    from sqlalchemy import event
-
-                    event.listen(mapper, "load", _on_load, propagate=True)
-                    _load_listeners.add(mapper)
     for cls, key, label in info.eager_attributes:
         tracker = _trackers.get((cls, key))
         if tracker is None:
@@ -181,17 +291,39 @@ def _watch_eager_loads(
             scope.log.eager_touches.setdefault(label, 0)
 
 
+def _listen_loads() -> None:
+    global _load_listening
+    with _lock:
+        if _load_listening or not _installed:
+            return
+        from sqlalchemy import event
+        from sqlalchemy.orm import Mapper
+
+        event.listen(Mapper, "load", _on_load)
+        _load_listening = True
+
+
 def _on_load(target: Any, query_context: Any) -> None:
-    record = _counting.get()
+    """ORM ``load`` event (every new object an ORM query loads): the first object of the
+    statement this context last ran gives that statement's load run (``runid``); objects
+    of a joined collection load's root entity are counted."""
+    state = _state.get()
+    if state is None:
+        return
+    record = state.loading
     if record is None:
         return
     compiled = record._live
-    if compiled is None or getattr(query_context, "compile_state", None) is not getattr(
+    if compiled is None or query_context.compile_state is not getattr(
         compiled, "compile_state", False
     ):
         return
+    if record.runid is None:
+        record.runid = query_context.runid
     root = record.joined_root
-    if isinstance(root, type) and isinstance(target, root):
+    if root is None:
+        state.loading = None  # nothing more to learn from this statement's objects
+    elif isinstance(root, type) and isinstance(target, root):
         record.loaded_parents += 1
 
 
@@ -313,6 +445,11 @@ def _install() -> None:
         _installed += 1
         if _installed > 1:
             return
+        global _get_running_loop, _current_task
+        if _get_running_loop is None:
+            import asyncio
+
+            _get_running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
@@ -324,12 +461,13 @@ def _install() -> None:
 
 
 def _uninstall() -> None:
-    global _installed
+    global _installed, _load_listening, _resolver
     with _lock:
         _installed -= 1
         if _installed > 0:
             return
         _installed = 0
+        _resolver = _configured_resolver  # a scope's own directories end with it
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
@@ -342,10 +480,12 @@ def _uninstall() -> None:
         ):
             if event.contains(Engine, name, fn):
                 event.remove(Engine, name, fn)
-        for mapper in _load_listeners:
-            if event.contains(mapper, "load", _on_load):
-                event.remove(mapper, "load", _on_load)
-        _load_listeners.clear()
+        if _load_listening:
+            from sqlalchemy.orm import Mapper
+
+            if event.contains(Mapper, "load", _on_load):
+                event.remove(Mapper, "load", _on_load)
+            _load_listening = False
         for tracker in _trackers.values():
             tracker.remove()
         _trackers.clear()
@@ -387,7 +527,10 @@ class Capture:
     target: an Engine / AsyncEngine / Connection / Session / AsyncSession (or a list of
     them) to capture only their statements; default every engine. all_threads: record
     statements from every thread and task of the process, not only this context's.
-    app_paths: extra directories that count as application code for call sites.
+    app_paths / library_paths: extra directories that count as application / library
+    code for call sites, added to ``app_paths`` / ``library_paths`` of
+    ``[tool.dbprobe]`` in the project's pyproject.toml (read when the scope starts,
+    unless ``use_project_config=False``).
     name: a label for the log (the pytest plugin uses the test's node id).
     root: directory that reported locations are relative to (default: the project's).
     verify_fixes: as a decorator, re-run the function with each suggested loader fix
@@ -403,11 +546,15 @@ class Capture:
         name: str | None = None,
         root: str | None = None,
         verify_fixes: bool = False,
+        library_paths: Iterable[str] = (),
+        use_project_config: bool = True,
     ) -> None:
         self.engines = _engines_of(target)
         self.verify_fixes = verify_fixes
         self.all_threads = all_threads
         self.app_paths = tuple(app_paths)
+        self.library_paths = tuple(library_paths)
+        self.use_project_config = use_project_config
         self.name = name
         self.root = root
         self.log = QueryLog(name=name, root=root)
@@ -419,9 +566,15 @@ class Capture:
         global _process_scopes
         if self._active:
             raise RuntimeError("this capture scope is already active")
-        if self.app_paths:
-            configure_call_sites(self.app_paths)
-        _install()
+        app_paths, library_paths = self.app_paths, self.library_paths
+        if self.use_project_config:
+            project = _project_call_sites()
+            app_paths = (*project[0], *app_paths)
+            library_paths = (*project[1], *library_paths)
+        with _lock:
+            if app_paths or library_paths:
+                _add_call_sites(app_paths, library_paths)
+            _install()
         self._active = True
         self.log.started_ns = _perf_ns()
         if self.all_threads:
@@ -429,6 +582,8 @@ class Capture:
                 _process_scopes = (*_process_scopes, self)
         else:
             self._token = _context_scopes.set((*_context_scopes.get(), self))
+            with _lock:
+                _open_context_scopes.add(self)
         return self.log
 
     def stop(self) -> None:
@@ -447,6 +602,8 @@ class Capture:
                 except ValueError:  # exited in another context: remove just this scope
                     _context_scopes.set(tuple(s for s in _context_scopes.get() if s is not self))
                 self._token = None
+                with _lock:
+                    _open_context_scopes.discard(self)
         finally:
             _uninstall()
 
@@ -464,7 +621,13 @@ class Capture:
 
     # -- decorator ---------------------------------------------------------------------
     def _fresh(self) -> Capture:
-        clone = Capture(all_threads=self.all_threads, app_paths=self.app_paths, name=self.name)
+        clone = Capture(
+            all_threads=self.all_threads,
+            app_paths=self.app_paths,
+            name=self.name,
+            library_paths=self.library_paths,
+            use_project_config=self.use_project_config,
+        )
         clone.verify_fixes = False
         clone.engines = self.engines
         clone.root = self.root
@@ -483,18 +646,12 @@ class Capture:
                 scope = self._fresh()
                 try:
                     async with scope:
-                        return await fn(*args, **kwargs)
+                        result = await fn(*args, **kwargs)
                 finally:
                     async_wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
-                    if self.verify_fixes:
-                        from dbprobe.capture.verify import verify_coroutine
-
-                        findings = scope.log.findings()
-                        scope.log.verifications.update(
-                            await verify_coroutine(
-                                fn, args, kwargs, findings, len(scope.log), self._fresh
-                            )
-                        )
+                if self.verify_fixes:  # only after a call that returned
+                    await self._verify_async(fn, args, kwargs, scope)
+                return result
 
             async_wrapper.dbprobe_log = None  # type: ignore[attr-defined]
             return cast(F, async_wrapper)
@@ -504,19 +661,39 @@ class Capture:
             scope = self._fresh()
             try:
                 with scope:
-                    return fn(*args, **kwargs)
+                    result = fn(*args, **kwargs)
             finally:
                 wrapper.dbprobe_log = scope.log  # type: ignore[attr-defined]
-                if self.verify_fixes:
-                    from dbprobe.capture.verify import verify_callable
-
-                    findings = scope.log.findings()
-                    scope.log.verifications.update(
-                        verify_callable(fn, args, kwargs, findings, len(scope.log), self._fresh)
-                    )
+            if self.verify_fixes:  # only after a call that returned
+                self._verify_sync(fn, args, kwargs, scope)
+            return result
 
         wrapper.dbprobe_log = None  # type: ignore[attr-defined]
         return cast(F, wrapper)
+
+    def _verify_sync(self, fn: Callable[..., Any], args: Any, kwargs: Any, scope: Capture) -> None:
+        from dbprobe.capture.verify import verify_callable
+
+        try:
+            findings = scope.log.findings()
+            scope.log.verifications.update(
+                verify_callable(fn, args, kwargs, findings, len(scope.log), self._fresh)
+            )
+        except Exception:  # verification is extra: never fail the decorated call
+            log.exception("dbprobe: verifying the fixes of %r failed", fn)
+
+    async def _verify_async(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, scope: Capture
+    ) -> None:
+        from dbprobe.capture.verify import verify_coroutine
+
+        try:
+            findings = scope.log.findings()
+            scope.log.verifications.update(
+                await verify_coroutine(fn, args, kwargs, findings, len(scope.log), self._fresh)
+            )
+        except Exception:  # verification is extra: never fail the decorated call
+            log.exception("dbprobe: verifying the fixes of %r failed", fn)
 
 
 def capture(
@@ -527,10 +704,18 @@ def capture(
     name: str | None = None,
     root: str | None = None,
     verify_fixes: bool = False,
+    library_paths: Iterable[str] = (),
+    use_project_config: bool = True,
 ) -> Capture:
     """Capture SQLAlchemy statements: ``with dbprobe.capture() as log: ...`` (every
     engine) or ``dbprobe.capture(engine_or_session)``; also ``async with`` and
-    ``@dbprobe.capture()``. See :class:`Capture` for the arguments."""
+    ``@dbprobe.capture()``. See :class:`Capture` for the arguments.
+
+    A plain scope records the statements of its own context: the thread that opened it
+    and the asyncio tasks started inside it. Worker threads (``ThreadPoolExecutor``,
+    ``threading.Thread``) do not inherit it: their statements are counted in
+    ``log.unrecorded`` (and logged once) but not recorded; ``all_threads=True`` records
+    every thread of the process."""
     return Capture(
         target,
         all_threads=all_threads,
@@ -538,12 +723,31 @@ def capture(
         name=name,
         root=root,
         verify_fixes=verify_fixes,
+        library_paths=library_paths,
+        use_project_config=use_project_config,
     )
 
 
-class IgnoreBlock(contextlib.ContextDecorator):
+def _project_call_sites() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``app_paths`` and ``library_paths`` of ``[tool.dbprobe]`` (cached by file and
+    mtime; none when there is no pyproject.toml or it cannot be read)."""
+    from dbprobe.config import ConfigError, load_config
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        log.warning("dbprobe.capture(): [tool.dbprobe] ignored: %s", exc)
+        return (), ()
+    return config.app_paths, config.library_paths
+
+
+class IgnoreBlock:
     """``with dbprobe.ignore():`` — statements run inside are still recorded (and
-    counted) but no detector reports them. ``rules`` limits that to some rule ids."""
+    counted) but no detector reports them. ``rules`` limits that to some rule ids.
+
+    As a decorator (``@dbprobe.ignore("n-plus-one")``) each call enters a block of its
+    own, inside the call: on an ``async def`` the block covers the coroutine's body, and
+    two threads or tasks calling the same function never share a block."""
 
     def __init__(self, *rules: str) -> None:
         self.rules = frozenset(rules) if rules else frozenset({"*"})
@@ -557,6 +761,24 @@ class IgnoreBlock(contextlib.ContextDecorator):
 
     def __exit__(self, *exc: object) -> None:
         _ignored.reset(self._tokens.pop())
+
+    def __call__(self, fn: F) -> F:
+        rules = tuple(self.rules - {"*"})
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with IgnoreBlock(*rules):
+                    return await fn(*args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with IgnoreBlock(*rules):
+                return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
 
 
 def ignore(*rules: str) -> IgnoreBlock:

@@ -7,7 +7,9 @@ is given (the whole test protocol runs again, fixtures included, so a test whose
 database is cloned per test starts from the same data). Re-runs happen only for
 ``n-plus-one`` findings on a lazy relationship, whose fix is a loader option that
 dbprobe can apply by itself: a ``do_orm_execute`` hook adds it to every top-level ORM
-SELECT of the fix's root entity during the re-run. The result goes into the finding's
+SELECT that returns objects of the fix's root entity during the re-run (not to a count
+or a column query of that entity). A re-run that raises is recorded as
+``{"fix": ..., "error": "..."}`` and never reaches the caller. The result goes into the finding's
 evidence::
 
     "verified": {"fix": "joinedload(Order.customer)", "queries_before": 26,
@@ -27,6 +29,7 @@ from dbprobe.report.model import Finding
 __all__ = [
     "MAX_RERUNS",
     "build_loader_option",
+    "failed",
     "fixes_to_verify",
     "loader_fix_applied",
     "verification_key",
@@ -50,7 +53,9 @@ def fixes_to_verify(findings: Sequence[Finding]) -> list[tuple[Finding, LoaderFi
         raw = finding.evidence.get("loader_fix") if finding.rule == "n-plus-one" else None
         if not isinstance(raw, Mapping):
             continue
-        fix = LoaderFix(tuple(raw["path"]), tuple(raw["strategies"]))
+        fix = LoaderFix(
+            tuple(raw["path"]), tuple(raw["strategies"]), raw.get("recursion_depth") or None
+        )
         key = (fix.path, fix.strategies)
         if key in seen:
             continue
@@ -71,6 +76,9 @@ def build_loader_option(root_class: type, fix: LoaderFix) -> Any:
         "subquery": "subqueryload",
         "immediate": "immediateload",
     }
+    if fix.recursion_depth:
+        attribute = getattr(root_class, fix.path[0].partition(".")[2])
+        return orm.selectinload(attribute, recursion_depth=fix.recursion_depth)
     option: Any = None
     current: Any = root_class
     for step, strategy in zip(fix.path, fix.strategies, strict=False):
@@ -81,6 +89,17 @@ def build_loader_option(root_class: type, fix: LoaderFix) -> Any:
         )
         current = attribute.property.mapper.class_
     return option
+
+
+def _selects_entity(statement: Any, class_: type) -> bool:
+    """The statement returns whole ``class_`` objects (a loader option applies to it):
+    ``select(Order)``, not ``select(func.count()).select_from(Order)`` nor
+    ``select(Order.id)``."""
+    try:
+        descriptions = statement.column_descriptions
+    except Exception:
+        return False
+    return any(d.get("expr") is class_ for d in descriptions)
 
 
 @contextlib.contextmanager
@@ -101,7 +120,7 @@ def loader_fix_applied(fixes: Sequence[LoaderFix]) -> Iterator[None]:
         if mapper is None:
             return
         wanted = by_root.get(mapper.class_.__name__)
-        if wanted:
+        if wanted and _selects_entity(state.statement, mapper.class_):
             options = [build_loader_option(mapper.class_, fix) for fix in wanted]
             state.statement = state.statement.options(*options)
 
@@ -143,10 +162,21 @@ def verify_callable(
     out: dict[str, dict[str, Any]] = {}
     for finding, fix in fixes_to_verify(findings):
         scope = make_scope()
-        with loader_fix_applied([fix]), scope as after_log:
-            fn(*args, **kwargs)
+        try:
+            with loader_fix_applied([fix]), scope as after_log:
+                fn(*args, **kwargs)
+        except Exception as exc:  # the re-run failed: say so, never fail the caller
+            out[verification_key(finding)] = failed(fix, exc)
+            continue
         out[verification_key(finding)] = summarize(fix, finding, before, after_log, root)
     return out
+
+
+def failed(fix: LoaderFix, exc: BaseException) -> dict[str, Any]:
+    """The ``verified`` evidence of a re-run that raised (literals redacted)."""
+    from dbprobe.capture.explain import safe_error_text
+
+    return {"fix": fix.expression(), "error": safe_error_text(exc)}
 
 
 async def verify_coroutine(
@@ -162,10 +192,14 @@ async def verify_coroutine(
     out: dict[str, dict[str, Any]] = {}
     for finding, fix in fixes_to_verify(findings):
         scope = make_scope()
-        with loader_fix_applied([fix]):
-            async with scope as after_log:
-                result = fn(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    await result
+        try:
+            with loader_fix_applied([fix]):
+                async with scope as after_log:
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        await result
+        except Exception as exc:  # the re-run failed: say so, never fail the caller
+            out[verification_key(finding)] = failed(fix, exc)
+            continue
         out[verification_key(finding)] = summarize(fix, finding, before, after_log, root)
     return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -145,20 +146,44 @@ class PsycopgProbe(DriverProbe):
         return _marks_to_timings(t0, conn.ready_ns, returned, done)
 
     def open_pool(self, size: int) -> tuple[float, WarmPool]:
+        """psycopg_pool opens its connections in worker threads and, when one fails,
+        logs a warning and retries until ``reconnect_timeout``. Here the first failed
+        connection ends the wait at once and is raised as it is (the real cause), the
+        pool does not retry for longer than the connect timeout, and its warnings are
+        left to the caller to silence (see ``runner.quiet_pool_loggers``)."""
+        import psycopg
         from psycopg_pool import ConnectionPool
 
+        watch = _PoolWatch(size)
+
+        class WatchedConnection(psycopg.Connection[Any]):
+            @classmethod
+            def connect(cls, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    conn = super().connect(*args, **kwargs)
+                except BaseException as exc:
+                    watch.failed(exc)
+                    raise
+                watch.connected()
+                return conn
+
+        timeout = self.params.connect_timeout
         pool: ConnectionPool[Any] = ConnectionPool(
             self._conninfo,
+            connection_class=WatchedConnection,
             min_size=size,
             max_size=size,
             open=False,
             kwargs={"autocommit": True},
             name="dbprobe-coldstart",
-            timeout=self.params.connect_timeout,
+            timeout=timeout,
+            reconnect_timeout=timeout,
         )
         t0 = time.perf_counter_ns()
         try:
-            pool.open(wait=True, timeout=self.params.connect_timeout * max(1, size))
+            pool.open(wait=False)
+            watch.wait(timeout * max(1, size))
+            pool.wait(timeout)  # returns once the last connection is in the pool
         except BaseException:
             pool.close()
             raise
@@ -175,6 +200,38 @@ class PsycopgProbe(DriverProbe):
             "psycopg_impl": psycopg.pq.__impl__,
             "psycopg_pool": psycopg_pool.__version__,
         }
+
+
+class _PoolWatch:
+    """Wakes the thread opening a pool when the pool's connections are all made, or at
+    the first one that fails (then :meth:`wait` raises that failure)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.made = 0
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def connected(self) -> None:
+        with self.lock:
+            self.made += 1
+            if self.made >= self.size:
+                self.done.set()
+
+    def failed(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+        self.done.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Until every connection is made; raises the first failure, or
+        ``TimeoutError`` after ``timeout_s`` seconds."""
+        if not self.done.wait(timeout_s):
+            raise TimeoutError(f"the pool was not ready within {timeout_s:g} s")
+        if self.error is not None:
+            raise self.error
 
 
 def _libpq_version(num: int) -> str:

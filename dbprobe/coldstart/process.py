@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dbprobe.coldstart.params import ConnectParams
 from dbprobe.connect import connect_error
@@ -54,14 +54,18 @@ for _line in sys.stdin.read().splitlines():
     elif _key:
         _cfg[_key] = _value
 _stage = "import " + (_imports[0] if _imports else "")
+class _ImportsChecked(Exception):
+    pass
 try:
     import importlib
     for _module in _imports:
         _stage = "import " + _module
         importlib.import_module(_module)
     _mark("imports")
-    _stage = "driver_import"
     _driver = _cfg["driver"]
+    if _driver == "none":  # an import check only
+        raise _ImportsChecked
+    _stage = "driver_import"
     _timeout = float(_cfg["timeout"])
     if _driver == "psycopg":
         import psycopg
@@ -124,6 +128,8 @@ try:
             finally:
                 await _engine.dispose()
         asyncio.run(_main())
+except _ImportsChecked:
+    pass
 except BaseException as _exc:
     _report()
     _text = " ".join(str(_exc).split())
@@ -184,8 +190,57 @@ def measure(
     are importable from (default the current directory). Raises :class:`UsageError` when
     a module cannot be imported, :class:`ConnectError` when the connection fails.
     """
-    config = child_config(params, driver, imports)
-    timeout_s = params.connect_timeout * 2 + 120.0
+    t_spawn, marks = _run_child(
+        child_config(params, driver, imports),
+        f"the {driver} cold-start process",
+        params.connect_timeout * 2 + 120.0,
+        python=python,
+        cwd=cwd,
+        on_error=lambda stage, kind, text: _child_error(params, driver, stage, kind, text),
+    )
+    if "first_query" not in marks:
+        raise DbprobeError(f"the {driver} cold-start process ended before its first query")
+    return ProcessTimings(
+        interpreter=(marks["start"] - t_spawn) / _NS_PER_MS,
+        imports=(marks["imports"] - marks["start"]) / _NS_PER_MS,
+        driver_import=(marks["driver_import"] - marks["imports"]) / _NS_PER_MS,
+        connect=(marks["connect"] - marks["driver_import"]) / _NS_PER_MS,
+        first_query=(marks["first_query"] - marks["connect"]) / _NS_PER_MS,
+    )
+
+
+def check_imports(
+    imports: Sequence[str],
+    *,
+    python: str | None = None,
+    cwd: str | None = None,
+    timeout_s: float = 120.0,
+) -> None:
+    """Import ``imports`` in a fresh interpreter, as :func:`measure` will, and connect
+    nowhere: raises :class:`UsageError` naming the first module that cannot be
+    imported. Run before any measurement so bad input fails first."""
+    config = "driver\tnone\n" + "".join(f"import\t{module}\n" for module in imports)
+    _run_child(
+        config,
+        "the import check process",
+        timeout_s,
+        python=python,
+        cwd=cwd,
+        on_error=lambda stage, kind, text: _child_error(None, "", stage, kind, text),
+    )
+
+
+def _run_child(
+    config: str,
+    what: str,
+    timeout_s: float,
+    *,
+    python: str | None,
+    cwd: str | None,
+    on_error: Callable[[str, str, str], DbprobeError],
+) -> tuple[int, dict[str, int]]:
+    """Run :data:`CHILD_SCRIPT` with ``config`` on its stdin (never on its command
+    line); the moment it was spawned and the marks it reported (monotonic ns)."""
     t_spawn = time.monotonic_ns()
     proc = subprocess.Popen(
         [python or sys.executable, "-c", CHILD_SCRIPT],
@@ -201,9 +256,7 @@ def measure(
         proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=5)
-        raise DbprobeError(
-            f"the {driver} cold-start process did not finish within {timeout_s:.0f} s"
-        ) from None
+        raise DbprobeError(f"{what} did not finish within {timeout_s:.0f} s") from None
     except BaseException:
         proc.kill()
         proc.wait()
@@ -214,17 +267,11 @@ def measure(
         if fields[0] == "mark" and len(fields) == 3:
             marks[fields[1]] = int(fields[2])
         elif fields[0] == "error" and len(fields) >= 4:
-            raise _child_error(params, driver, fields[1], fields[2], "\t".join(fields[3:]))
-    if proc.returncode != 0 or "first_query" not in marks:
+            raise on_error(fields[1], fields[2], "\t".join(fields[3:]))
+    if proc.returncode != 0:
         tail = " | ".join((err or "").strip().splitlines()[-2:]) or f"exit code {proc.returncode}"
-        raise DbprobeError(f"the {driver} cold-start process failed: {tail}")
-    return ProcessTimings(
-        interpreter=(marks["start"] - t_spawn) / _NS_PER_MS,
-        imports=(marks["imports"] - marks["start"]) / _NS_PER_MS,
-        driver_import=(marks["driver_import"] - marks["imports"]) / _NS_PER_MS,
-        connect=(marks["connect"] - marks["driver_import"]) / _NS_PER_MS,
-        first_query=(marks["first_query"] - marks["connect"]) / _NS_PER_MS,
-    )
+        raise DbprobeError(f"{what} failed: {tail}")
+    return t_spawn, marks
 
 
 class _ChildFailure(Exception):
@@ -232,13 +279,15 @@ class _ChildFailure(Exception):
 
 
 def _child_error(
-    params: ConnectParams, driver: str, stage: str, kind: str, text: str
+    params: ConnectParams | None, driver: str, stage: str, kind: str, text: str
 ) -> DbprobeError:
     if stage.startswith("import "):
         module = stage[len("import ") :]
         return UsageError(f"cannot import module {module!r} in a fresh process: {kind}: {text}")
     if stage == "driver_import":
         return UsageError(f"cannot import the {driver} driver in a fresh process: {kind}: {text}")
+    if params is None:
+        return DbprobeError(f"a fresh process failed at {stage}: {kind}: {text}")
     target = DatabaseTarget(host=params.host, port=params.port, user=params.user)
     builtin = getattr(builtins, kind, None)
     exc: BaseException

@@ -138,14 +138,30 @@ class PairStep:
     first: str
 
 
-def schedule(drivers: Sequence[str], rounds: int) -> list[list[PairStep]]:
-    """The order of the timed samples: in round ``r`` the drivers rotated left by ``r``;
-    the protocol client goes first in even rounds and the driver in odd rounds, so
-    every driver alternates whatever the number of drivers."""
-    return [
-        [PairStep(name, "protocol" if r % 2 == 0 else "driver") for name in rotate(drivers, r)]
-        for r in range(rounds)
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """One round of the sampling plan. Warm-up rounds (untimed, ``number`` counting
+    from 0 among them) come before the timed rounds (``number`` 0, 1, ...)."""
+
+    warmup: bool
+    number: int
+    steps: tuple[PairStep, ...]
+
+
+def schedule(drivers: Sequence[str], rounds: int, warmup_rounds: int = 0) -> list[Round]:
+    """The order of the samples: ``warmup_rounds`` untimed rounds first (every driver
+    once, protocol client first), then ``rounds`` timed rounds. In timed round ``r``
+    the drivers are rotated left by ``r`` (over ``len(drivers)`` rounds every driver
+    takes every position once); the protocol client goes first in even rounds and the
+    driver in odd rounds, so every driver alternates whatever the number of drivers."""
+    plan = [
+        Round(True, w, tuple(PairStep(name, "protocol") for name in drivers))
+        for w in range(warmup_rounds)
     ]
+    for r in range(rounds):
+        first = "protocol" if r % 2 == 0 else "driver"
+        plan.append(Round(False, r, tuple(PairStep(name, first) for name in rotate(drivers, r))))
+    return plan
 
 
 def rotate(items: Sequence[T], by: int) -> list[T]:
@@ -160,6 +176,7 @@ def explain_failure(exc: BaseException, params: ConnectParams, who: str = "") ->
     """One clear line for any failure while connecting (driver, protocol client, OS)."""
     if isinstance(exc, DbprobeError):
         return exc
+    exc = _unwrap(exc)
     target = DatabaseTarget(host=params.host, port=params.port, user=params.user)
     if isinstance(exc, protocol.NoAnswerError):
         error = ConnectError(str(exc))
@@ -176,6 +193,21 @@ def explain_failure(exc: BaseException, params: ConnectParams, who: str = "") ->
     if who:
         return type(error)(f"{who}: {error}")
     return error
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The driver's own exception inside SQLAlchemy's wrappers: ``DBAPIError.orig``,
+    and for the asyncpg dialect the asyncpg exception its adapted error was raised
+    from."""
+    for _ in range(3):
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, BaseException):
+            exc = orig
+        elif type(exc).__module__.startswith("sqlalchemy") and exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
+    return exc
 
 
 def _guard(who: str, params: ConnectParams, fn: Callable[[], T]) -> T:
@@ -220,16 +252,70 @@ def _probe_resumption(params: ConnectParams) -> bool | None:
     return bool(second.facts.tls_session_reused)
 
 
+class GcAccount:
+    """Counts the garbage collections while the collector is paused: the planned ones
+    (:meth:`collect`) apart from any other (none, while the pause holds)."""
+
+    def __init__(self) -> None:
+        self.planned = 0
+        self.started = 0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started += 1
+
+    def collect(self) -> None:
+        """A planned full collection."""
+        self.planned += 1
+        gc.collect()
+
+    def counts(self) -> dict[str, int]:
+        return {"planned": self.planned, "unplanned": self.started - self.planned}
+
+
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def _gc_paused() -> Iterator[GcAccount]:
+    """The garbage collector paused (after one full collection) for the block; the
+    collections that still happen are counted."""
     was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    account = GcAccount()
+    gc.callbacks.append(account._callback)
+    try:
+        yield account
+    finally:
+        gc.callbacks.remove(account._callback)
+        if was_enabled:
+            gc.enable()
+
+
+#: third-party pool loggers: their warnings (a failed connection, a retry) would reach
+#: stderr as extra lines; a failure reaches the user once, as the run's error
+POOL_LOGGERS = ("psycopg.pool", "asyncpg.pool", "sqlalchemy.pool")
+
+
+class _ToDebug(logging.Filter):
+    """Drops a record from its own logger and logs it at DEBUG on dbprobe's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        log.debug("%s: %s", record.name, record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def quiet_pool_loggers(names: Sequence[str] = POOL_LOGGERS) -> Iterator[None]:
+    """While the block runs, the pools' own log records go to ``dbprobe.coldstart`` at
+    DEBUG (``--debug`` shows them) instead of stderr."""
+    drop = _ToDebug()
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(drop)
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -310,6 +396,10 @@ def run(
     say("preflight connection", 0, 1)
     pre = _preflight(params)
     say("preflight connection", 1, 1)
+    if opts.process and opts.imports:
+        # before any measurement: a module that cannot be imported is bad input
+        say("checking --import modules in a fresh process", 0, 1)
+        process_mod.check_imports(opts.imports)
     names = list(opts.drivers)
     cold: dict[str, list[DriverTimings]] = {n: [] for n in names}
     paired: dict[str, list[protocol.ProtocolTimings]] = {n: [] for n in names}
@@ -320,7 +410,8 @@ def run(
     warm_checkout: dict[str, list[float]] = {n: [] for n in names}
     pool_ready: dict[str, list[float]] = {n: [] for n in names}
     processes: dict[str, list[process_mod.ProcessTimings]] = {n: [] for n in names}
-    with _event_loop() as loop:
+    gc_counts: dict[str, int] = {}
+    with quiet_pool_loggers(), _event_loop() as loop:
         probes: dict[str, DriverProbe] = {n: PROBES[n](params, loop) for n in names}
 
         def protocol_sample(name: str) -> SampleGap:
@@ -342,14 +433,16 @@ def run(
             cold[name].append(timings)
             return gap
 
+        plan = schedule(names, opts.samples, opts.warmup_rounds)
         total_warmup = opts.warmup_rounds * len(names)
-        for r in range(opts.warmup_rounds):
-            for i, name in enumerate(names):
-                say("warm-up", r * len(names) + i, total_warmup)
+        for warmup in (rnd for rnd in plan if rnd.warmup):
+            for i, step in enumerate(warmup.steps):
+                say("warm-up", warmup.number * len(names) + i, total_warmup)
                 _guard("protocol client", params, lambda: protocol.measure(params))
-                _guard(name, params, probes[name].cold)
-        with _gc_paused():
-            for r, steps in enumerate(schedule(names, opts.samples)):
+                _guard(step.driver, params, probes[step.driver].cold)
+        with _gc_paused() as collections:
+            for rnd in (rnd for rnd in plan if not rnd.warmup):
+                r = rnd.number
                 say("cold connections", r, opts.samples)
                 floor.append(
                     _guard(
@@ -361,7 +454,7 @@ def run(
                     )
                 )
                 clock.end()
-                for step in steps:
+                for step in rnd.steps:
                     gaps: dict[str, SampleGap] = {}
                     if step.first == "protocol":
                         gaps["protocol"] = protocol_sample(step.driver)
@@ -371,8 +464,9 @@ def run(
                         gaps["protocol"] = protocol_sample(step.driver)
                     pairing[step.driver].append((step.first, gaps))
                 if r % 10 == 9:
-                    gc.collect()
+                    collections.collect()
                     clock.pause()  # a planned pause, not an idle gap
+            gc_counts = collections.counts()
             say("cold connections", opts.samples, opts.samples)
             if opts.warm:
                 _warm_rounds(opts, params, probes, names, warm_checkout, pool_ready, say)
@@ -381,7 +475,7 @@ def run(
     load_after = _loadavg()
     metrics = _build_metrics(
         opts, params, pre, probes, names, cold, paired, pairing, facts, floor, clock,
-        warm_checkout, pool_ready, processes, load_before, load_after,
+        warm_checkout, pool_ready, processes, load_before, load_after, gc_counts,
     )  # fmt: skip
     verdicts, findings = evaluate(metrics, opts.thresholds)
     for verdict in verdicts:
@@ -492,6 +586,7 @@ def _build_metrics(
     processes: dict[str, list[process_mod.ProcessTimings]],
     load_before: list[float] | None,
     load_after: list[float] | None,
+    gc_counts: dict[str, int],
 ) -> dict[str, Any]:
     f0 = pre.facts
     not_applicable: dict[str, str] = {}
@@ -613,7 +708,10 @@ def _build_metrics(
             "scram_client_p50_ms": None if scram is None else round(scram.p50, 3),
         }
         if name in facts:
+            # what the paired protocol client negotiated with the same settings; that
+            # the driver used TLS too is what a hostssl-only pg_hba rule proves
             meta["tls_negotiation"] = facts[name].tls_negotiation
+            source["tls_negotiation"] = "protocol"
         if name in ("asyncpg", "sqlalchemy-async") and params.asyncpg_ignored():
             meta["not_given_to_asyncpg"] = params.asyncpg_ignored()
         if warm_checkout[name]:
@@ -657,6 +755,7 @@ def _build_metrics(
                 "n": len(gaps),
             },
             "gc": "paused during timed rounds, collected every 10 rounds",
+            "gc_collections": gc_counts,
             "pool_rounds": opts.pool_rounds if opts.warm else 0,
             "process_samples": opts.process_samples if opts.process else 0,
         },

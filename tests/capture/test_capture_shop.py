@@ -207,11 +207,20 @@ def test_nested_scopes_and_ignore(shop_engine: Engine, config: DbprobeConfig) ->
     assert [f.rule for f in inner.findings(config)] == ["n-plus-one"]
     # The outer scope sees three loops from the same line; the one inside ignore() is
     # excluded from every rule, the one inside ignore("redundant-query") still counts
-    # for n-plus-one, and repeats of the same ids are redundant except where ignored.
+    # for n-plus-one. Repeats that belong to a reported N+1 are not reported again as
+    # redundant-query.
     n1 = [f for f in outer.findings(config) if f.rule == "n-plus-one"]
     assert len(n1) == 1
     assert n1[0].count == 40
     assert all(r.is_ignored("n-plus-one") for r in outer.statements[21:41])
+    assert [f for f in outer.findings(config) if f.rule == "redundant-query"] == []
+    assert all(r.is_ignored("redundant-query") for r in outer.statements[41:])
+    assert not any(r.is_ignored("redundant-query") for r in outer.statements[:21])
+    with Session(shop_engine) as session, dbprobe.capture() as plain:
+        for _ in range(3):
+            problem.call(session)
+            session.expunge_all()
+    assert [(f.rule, f.count) for f in plain.findings(config)] == [("n-plus-one", 60)]
 
 
 def test_concurrent_tasks_get_their_own_scopes(pg: PostgresServer, shop_module_db: str) -> None:

@@ -76,3 +76,57 @@ def test_joinedload_row_explosion(shop_engine: Engine, config: DbprobeConfig) ->
     assert selectin.findings(config) == []
     lenient = config.replace(joinedload_row_ratio=10_000.0)
     assert [f for f in joined.findings(lenient) if f.rule == "joinedload-row-explosion"] == []
+
+
+def test_row_explosion_keeps_joinedload_for_a_many_to_one(
+    shop_engine: Engine, config: DbprobeConfig
+) -> None:
+    stmt = (
+        select(Product)
+        .where(Product.id <= 20)
+        .options(joinedload(Product.supplier), joinedload(Product.stock_movements))
+    )
+    with Session(shop_engine) as session, dbprobe.capture() as log:
+        loaded = session.scalars(stmt).unique().all()
+        assert sum(len(p.stock_movements) for p in loaded) > 0
+        assert {p.supplier.id for p in loaded}
+    (finding,) = [f for f in log.findings(config) if f.rule == "joinedload-row-explosion"]
+    advice = finding.recommendation
+    assert "joinedload(Product.stock_movements) -> selectinload(Product.stock_movements)" in advice
+    assert "selectinload(Product.supplier)" not in advice
+    assert "keep joinedload(Product.supplier)" in advice
+
+
+def test_unused_step_of_a_chain_is_named_as_written(
+    shop_engine: Engine, config: DbprobeConfig
+) -> None:
+    stmt = (
+        select(Order)
+        .order_by(Order.id)
+        .limit(5)
+        .options(selectinload(Order.items).joinedload(OrderItem.product))
+    )
+    with Session(shop_engine) as session, dbprobe.capture() as log:
+        orders = session.scalars(stmt).all()
+        assert [item.quantity for order in orders for item in order.items]
+    (finding,) = [f for f in log.findings(config) if f.rule == "unused-eager-load"]
+    advice = finding.recommendation
+    assert finding.evidence["relationship"] == "OrderItem.product"
+    assert "remove the .joinedload(OrderItem.product) step" in advice
+    assert "selectinload(Order.items).joinedload(OrderItem.product)" in advice
+    assert "keeping selectinload(Order.items)" in advice
+    assert "joinedload(Order.items)" not in advice  # the option as written, not re-spelled
+
+
+def test_unused_immediateload_does_not_claim_a_join(
+    shop_engine: Engine, config: DbprobeConfig
+) -> None:
+    from sqlalchemy.orm import immediateload
+
+    stmt = select(Order).order_by(Order.id).limit(3).options(immediateload(Order.items))
+    with Session(shop_engine) as session, dbprobe.capture() as log:
+        assert len(session.scalars(stmt).all()) == 3
+    (finding,) = [f for f in log.findings(config) if f.rule == "unused-eager-load"]
+    assert "immediateload(Order.items)" in finding.recommendation
+    assert "join" not in finding.recommendation
+    assert "one extra query per object" in finding.recommendation

@@ -21,6 +21,8 @@ from fixtures.shop.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = load_manifest()
+# The n1-order-customer flow: the orders query and one lazy load per order.
+ORDER_CUSTOMER_STATEMENTS = (MANIFEST.get("n1-order-customer").min_count or 0) + 1
 
 # In-process pytester runs drop the modules an inner run imported; C extensions such as
 # greenlet and asyncpg must not be imported twice in one process, so load them here.
@@ -169,14 +171,14 @@ def test_planted_found_and_clean_clean_with_report(tester: pytest.Pytester) -> N
         if rule == "n-plus-one":
             assert finding["evidence"]["fix"] == problem.expected_fix
     tests = document["metrics"]["capture"]["tests"]
-    assert tests["test_flows.py::test_order_customer"]["statements"] == 26
+    assert tests["test_flows.py::test_order_customer"]["statements"] == ORDER_CUSTOMER_STATEMENTS
     assert tests["test_flows.py::test_order_customer_joined"]["statements"] == 1
     assert '"parameters"' not in json.dumps(document)
     out = result.stdout.str()
     assert "dbprobe: 5 findings in 5 of 8 captured tests" in out
     assert "fix: load it with the parent rows: add .options(joinedload(Order.customer))" in out
     assert "joinedload(Order.customer)" in out
-    assert "fixtures/shop/app/orders.py:24" in out
+    assert MANIFEST.get("n1-order-customer").resolve_location() in out
 
 
 def test_fail_on_from_ini_fails_only_the_guilty_tests(tester: pytest.Pytester) -> None:
@@ -200,7 +202,7 @@ def test_fixture_and_marker(tester: pytest.Pytester) -> None:
     tester.makepyfile(
         test_budget="""
 import pytest
-from conftest import run_flow
+from conftest import MANIFEST, run_flow
 
 @pytest.mark.dbprobe(max_queries=3)
 def test_over_budget(session):
@@ -219,12 +221,17 @@ def test_fixture_assertions(session, dbprobe):
     dbprobe.reset()
     run_flow("n1-order-customer", session)
     assert [f.rule for f in dbprobe.findings] == ["n-plus-one"]
-    with pytest.raises(AssertionError, match="lazy-loaded 25 times"):
+    with pytest.raises(AssertionError, match="lazy-loaded 25 times") as info:
         dbprobe.assert_no_n_plus_one()
+    site = MANIFEST.get("n1-order-customer").resolve_location()
+    assert "fix: load it with the parent rows" in str(info.value)
+    assert "joinedload(Order.customer)" in str(info.value)
+    assert "statements:" in str(info.value) and "  26. " in str(info.value)
     with pytest.raises(AssertionError) as info:
         dbprobe.assert_max_queries(2)
     assert "26 statements ran, at most 2 expected" in str(info.value)
     assert "   1. " in str(info.value) and "  26. " in str(info.value)
+    assert str(info.value).count(site + " (recent_orders_report) [lazy Order.customer]") == 25
 
 @pytest.mark.dbprobe(enabled=False)
 def test_opted_out(session):
@@ -245,7 +252,8 @@ def test_unknown_rule_in_marker():
     assert "dbprobe: 7 statements ran, the budget is 3 (max_queries):" in out
     assert "unknown marker argument 'max_querys'" in out
     assert "marker fail_on: unknown rule id(s) n-plus-two" in out
-    assert "fixtures/shop/app/catalog.py:57 (category_tree) [lazy Category.children]" in out
+    tree = MANIFEST.get("n1-category-children").resolve_location()
+    assert f"{tree} (category_tree) [lazy Category.children]" in out
     # Without --dbprobe only the marked and fixture-using tests were captured.
     assert "3 captured tests" in out
 
@@ -281,7 +289,7 @@ def test_baseline_ratchet(tester: pytest.Pytester) -> None:
     tester.runpytest(*args, "--dbprobe-baseline-update").assert_outcomes(passed=5)
     baseline = json.loads((tester.path / "dbprobe-baseline.json").read_text())
     entry = baseline["tests"]["test_flows.py::test_order_customer"]
-    assert entry["statements"] == 26
+    assert entry["statements"] == ORDER_CUSTOMER_STATEMENTS
     assert entry["findings"][0].startswith("n-plus-one|")
     # Known findings and unchanged counts pass, even with fail-on.
     tester.runpytest(*args, "--dbprobe-fail-on", "n-plus-one").assert_outcomes(passed=5)
@@ -324,21 +332,27 @@ def test_explain_and_verify_fixes(tester: pytest.Pytester) -> None:
     assert orders["evidence"]["explain"]["total_cost"] > 0
     verified = orders["evidence"]["verified"]
     assert verified["fix"] == "joinedload(Order.customer)"
-    assert verified["queries_before"] == 26
+    assert verified["queries_before"] == ORDER_CUSTOMER_STATEMENTS
     assert verified["queries_after"] == 1
     assert verified["rerun_passed"] is True
     (gets,) = found["test_get_loop"]
     assert "verified" not in gets["evidence"]  # no loader option fixes a get loop
-    assert "26 → 1 statements with joinedload(Order.customer)" in result.stdout.str()
+    assert f"{ORDER_CUSTOMER_STATEMENTS} → 1 statements with joinedload(Order.customer)" in (
+        result.stdout.str()
+    )
 
 
-def test_xdist_merges_worker_results(tester: pytest.Pytester) -> None:
+def test_xdist_merges_worker_results(tester: pytest.Pytester, shop_url: str) -> None:
     result = tester.runpytest_subprocess(
         "-n", "2", "--dbprobe", "--dbprobe-report", "r.json", "-k", "not async"
     )
     result.assert_outcomes(passed=5)
     document = _report(tester.path / "r.json")
     assert len(document["metrics"]["capture"]["tests"]) == 5
+    # The target the workers captured reaches the merged report (password masked).
+    target = document["target"]
+    assert target["url"] and shop_url.rsplit("/", 1)[1] in target["url"]
+    assert target["server_version"]
     assert len(document["findings"]) == 3
     assert "dbprobe: 3 findings in 3 of 5 captured tests" in result.stdout.str()
     # Both workers ran tests (the merged report is not one worker's).
@@ -386,3 +400,236 @@ def test_explain_reports_unindexed_lookups_at_the_application_line(
     assert "(reference)" in lookup["recommendation"]
     assert "test_sku_lookup" not in found  # the indexed twin: nothing to say
     assert "test_lookups.py::test_reference_lookup" in result.stdout.str()
+
+
+INLINED = """
+from sqlalchemy import text
+
+def test_inlined_reference(session):
+    session.execute(text("SELECT * FROM stock_movements WHERE reference = 'SECRETLIT42'")).all()
+
+def test_other_statement_same_index(session):
+    session.execute(
+        text("SELECT id, quantity FROM stock_movements WHERE reference = 'OTHERLIT77'")
+    ).all()
+"""
+
+
+def test_explain_keeps_inlined_values_out_and_names_one_index_once(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(test_inlined=INLINED)
+    result = tester.runpytest(
+        "test_inlined.py", "--dbprobe", "--dbprobe-explain", "--dbprobe-report", "r.json"
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    raw = (tester.path / "r.json").read_text()
+    found = _by_test(_report(tester.path / "r.json"))
+    lookups = [
+        f
+        for name in ("test_inlined_reference", "test_other_statement_same_index")
+        for f in found.get(name, [])
+        if f["rule"] == "unindexed-lookup"
+    ]
+    assert len(lookups) == 2
+    # Both statements need the same index: one name, not ..._reference_2.
+    advice = {f["recommendation"].split(";")[0] for f in lookups}
+    assert any("ix_stock_movements_reference ON" in a for a in advice), advice
+    assert not any("_reference_2" in f["recommendation"] for f in lookups)
+    # The inlined literal values appear nowhere in the report or the terminal.
+    for secret in ("SECRETLIT42", "OTHERLIT77"):
+        assert secret not in raw
+        assert secret not in result.stdout.str()
+
+
+SETUP_HEAVY = """
+import pytest
+from sqlalchemy import text
+from conftest import run_flow
+
+@pytest.fixture
+def busy(session):
+    for _ in range(40):
+        session.execute(text("SELECT 1"))
+    yield
+    for _ in range(5):
+        session.execute(text("SELECT 2"))
+
+def test_orders_after_busy_setup(session, busy):
+    run_flow("n1-order-customer", session)
+"""
+
+
+def test_verify_fixes_counts_the_call_phase_both_times(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_setup_heavy=SETUP_HEAVY)
+    result = tester.runpytest(
+        "test_setup_heavy.py", "--dbprobe", "--dbprobe-verify-fixes", "--dbprobe-report", "r.json"
+    )
+    result.assert_outcomes(passed=1)
+    (orders,) = _by_test(_report(tester.path / "r.json"))["test_orders_after_busy_setup"]
+    min_count = MANIFEST.get("n1-order-customer").min_count
+    verified = orders["evidence"]["verified"]
+    assert verified["queries_before"] > min_count
+    assert verified["queries_after"] == 1  # the 45 fixture statements are not counted
+    assert verified["n_plus_one_remaining"] is False
+    assert f"{verified['queries_before']} → 1 statements" in result.stdout.str()
+
+
+HELPER = """
+from sqlalchemy import text
+
+def product_names(session, ids):
+    out = []
+    for product_id in ids:
+        out.append(
+            session.execute(  # helper-line
+                text("SELECT name FROM products WHERE id = :id"), {"id": product_id}
+            ).scalar_one()
+        )
+    return out
+"""
+
+KNOBS = """
+import pathlib, sys
+import pytest
+from conftest import run_flow
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "vendor" / "site-packages"))
+import vendored_helper
+
+def test_helper_loop(session):
+    assert len(vendored_helper.product_names(session, range(101, 109))) == 8  # call-line
+
+@pytest.mark.dbprobe(n_plus_one_threshold=30)
+def test_marker_threshold(session):
+    run_flow("n1-order-customer", session)
+
+@pytest.mark.dbprobe(redundant_threshold=50, max_queries=100)
+def test_marker_redundant_threshold(session):
+    run_flow("redundant-category-list", session)
+
+@pytest.mark.dbprobe(verify_fixes=True, explain=True, max_queries=100)
+def test_marker_verify_and_explain(session):
+    run_flow("n1-order-customer", session)
+
+@pytest.mark.dbprobe(fail_on="n-plus-one", max_queries=100)
+def test_marker_fail_on(session):
+    run_flow("n1-get-loop", session)
+"""
+
+
+def _line_of(source: str, marker: str) -> int:
+    (number,) = [i for i, text in enumerate(source.splitlines(), 1) if marker in text]
+    return number
+
+
+def test_flags_ini_and_marker_keys_take_effect(tester: pytest.Pytester) -> None:
+    vendor = tester.path / "vendor" / "site-packages"
+    vendor.mkdir(parents=True)
+    (vendor / "vendored_helper.py").write_text(HELPER)
+    tester.makepyfile(test_knobs=KNOBS)
+    helper_at = f"vendored_helper.py:{_line_of(HELPER, 'helper-line')}"
+    call_at = f"test_knobs.py:{_line_of(KNOBS.lstrip(), 'call-line')}"  # as makepyfile writes it
+
+    # Flags: max-queries budget, app path (a directory under site-packages counts as
+    # application code only when named).
+    result = tester.runpytest(
+        "test_knobs.py", "--dbprobe", "--dbprobe-report", "r.json",
+        "--dbprobe-max-queries", "9", "--dbprobe-app-path", "vendor/site-packages",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3, failed=2)
+    out = result.stdout.str()
+    assert f"dbprobe: {ORDER_CUSTOMER_STATEMENTS} statements ran, the budget is 9" in out
+    assert "FAILED test_knobs.py::test_marker_threshold" in out
+    assert "FAILED test_knobs.py::test_marker_fail_on" in out
+    found = _by_test(_report(tester.path / "r.json"))
+    (loop,) = found["test_helper_loop"]
+    assert loop["location"].endswith(helper_at)
+    assert "test_marker_threshold" not in found  # 25 lazy loads, threshold 30
+    assert "test_marker_redundant_threshold" not in found  # redundant_threshold=50
+    (verified,) = found["test_marker_verify_and_explain"]
+    assert verified["evidence"]["verified"]["queries_after"] == 1
+    assert verified["evidence"]["explain"]["relation"] == "customers"
+    assert [f["rule"] for f in found["test_marker_fail_on"]] == ["n-plus-one"]
+
+    # ini (the flag's name, dbprobe_app_path) wins over [tool.dbprobe]; a flag over ini.
+    (tester.path / "pyproject.toml").write_text(
+        "[tool.dbprobe]\nn_plus_one_threshold = 100\nmax_queries = 1\n"
+    )
+    (tester.path / "tox.ini").write_text(
+        "[pytest]\ndbprobe = true\ndbprobe_app_path = vendor/site-packages\n"
+        "dbprobe_n_plus_one_threshold = 3\ndbprobe_max_queries = 20\n"
+    )
+    result = tester.runpytest("test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json")
+    result.assert_outcomes(passed=1)
+    (loop,) = _by_test(_report(tester.path / "r.json"))["test_helper_loop"]
+    assert loop["location"].endswith(helper_at)
+    result = tester.runpytest(
+        "test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json",
+        "--dbprobe-n-plus-one-threshold", "9",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert "test_helper_loop" not in _by_test(_report(tester.path / "r.json"))
+    # Without the app path the helper is library code: the loop is the test's line.
+    (tester.path / "tox.ini").write_text("[pytest]\ndbprobe = true\n")
+    (tester.path / "pyproject.toml").write_text("[tool.dbprobe]\n")
+    result = tester.runpytest("test_knobs.py", "-k", "helper", "--dbprobe-report", "r.json")
+    result.assert_outcomes(passed=1)
+    (loop,) = _by_test(_report(tester.path / "r.json"))["test_helper_loop"]
+    assert loop["location"].endswith(call_at)
+
+
+SQLITE_TESTS = """
+import pytest
+from sqlalchemy import ForeignKey, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+class Base(DeclarativeBase):
+    pass
+
+class Author(Base):
+    __tablename__ = "authors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+class Book(Base):
+    __tablename__ = "books"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+    author: Mapped[Author] = relationship()
+
+@pytest.fixture
+def session(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'books.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([Author(id=i, name=f"a{i}") for i in range(1, 6)])
+        s.add_all([Book(id=i, author_id=i) for i in range(1, 6)])
+        s.commit()
+    with Session(engine) as s:
+        yield s
+    engine.dispose()
+
+def test_books_authors(session):
+    books = session.scalars(select(Book).order_by(Book.id)).all()
+    assert len({book.author.name for book in books}) == 5  # loop-line
+"""
+
+
+def test_plugin_on_sqlite(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_sqlite=SQLITE_TESTS)
+    result = tester.runpytest(
+        "test_sqlite.py", "--dbprobe", "--dbprobe-fail-on", "n-plus-one",
+        "--dbprobe-explain", "--dbprobe-report", "r.json",
+    )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    document = _report(tester.path / "r.json")
+    (finding,) = _by_test(document)["test_books_authors"]
+    assert finding["rule"] == "n-plus-one"
+    assert finding["location"].endswith(
+        f"test_sqlite.py:{_line_of(SQLITE_TESTS.lstrip(), 'loop-line')}"
+    )
+    assert "joinedload(Book.author)" in finding["recommendation"]
+    assert "explain" not in finding["evidence"] or "error" in finding["evidence"]["explain"]
+    stats = document["metrics"]["capture"]["tests"]["test_sqlite.py::test_books_authors"]
+    assert stats["statements"] == 6

@@ -11,12 +11,25 @@ from dbprobe.pg import PostgresServer
 PASSWORD = "s3cret-scram"
 MD5_PASSWORD = "md5-pass"
 CLEARTEXT_PASSWORD = "clear-pass"
-HBA = [
-    "host all cs_trust 127.0.0.1/32 trust",
-    "host all cs_md5 127.0.0.1/32 md5",
-    "host all cs_cleartext 127.0.0.1/32 password",
-    "host all all 127.0.0.1/32 scram-sha-256",
-]
+TLS_ONLY_PASSWORD = "tls-only-pass"
+
+
+def hba_lines(tls: bool) -> list[str]:
+    """pg_hba.conf rules for the cold-start tests' server: a role per authentication
+    method; ``cs_rejected`` is always rejected; with TLS, ``cs_tlsonly`` is admitted
+    over TLS only (a ``hostssl`` rule), so a connection of that role proves TLS."""
+    lines = [
+        "host all cs_trust 127.0.0.1/32 trust",
+        "host all cs_md5 127.0.0.1/32 md5",
+        "host all cs_cleartext 127.0.0.1/32 password",
+        "host all cs_rejected 127.0.0.1/32 reject",
+    ]
+    if tls:
+        lines += [
+            "hostssl all cs_tlsonly 127.0.0.1/32 scram-sha-256",
+            "hostnossl all cs_tlsonly 127.0.0.1/32 reject",
+        ]
+    return [*lines, "host all all 127.0.0.1/32 scram-sha-256"]
 
 
 def dbprobe_sessions(server: PostgresServer, wait_s: float = 3.0) -> list[tuple[str, str]]:
@@ -67,10 +80,17 @@ class NotPostgresServer:
         self.sock.close()
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class RefusingPort:
+    """A port on 127.0.0.1 bound but never listening, held until :meth:`close`:
+    connecting to it is refused, and no other process can take it meanwhile."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class DirectTlsProxy:

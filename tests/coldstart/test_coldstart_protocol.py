@@ -16,7 +16,7 @@ from dbprobe.pg import PostgresServer
 from dbprobe.urls import parse_url
 
 from .conftest import AuthServer
-from .helpers import CLEARTEXT_PASSWORD, MD5_PASSWORD, PASSWORD, NotPostgresServer, closed_port
+from .helpers import CLEARTEXT_PASSWORD, MD5_PASSWORD, PASSWORD, NotPostgresServer
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -167,8 +167,8 @@ def test_unix_socket(pg: PostgresServer) -> None:
     _assert_adds_up(timings)
 
 
-def test_unreachable_and_not_postgres(not_postgres: NotPostgresServer) -> None:
-    refused = cparams.resolve(parse_url(f"postgresql://u@127.0.0.1:{closed_port()}/d"), environ={})
+def test_unreachable_and_not_postgres(not_postgres: NotPostgresServer, refusing_port: int) -> None:
+    refused = cparams.resolve(parse_url(f"postgresql://u@127.0.0.1:{refusing_port}/d"), environ={})
     with pytest.raises(OSError) as info:
         protocol.connect(refused)
     assert "connection refused" in str(explain_failure(info.value, refused))

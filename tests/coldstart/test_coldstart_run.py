@@ -4,6 +4,7 @@ phases that add up, warm pools, fresh processes, the library entry point."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import textwrap
 from pathlib import Path
@@ -11,11 +12,18 @@ from typing import Any
 
 import pytest
 
-from dbprobe.analysis.coldstart_verdicts import PHASES, additivity, as_distribution, median_ci
+from dbprobe.analysis.coldstart_verdicts import (
+    PHASES,
+    PROTOCOL_DETAIL,
+    additivity,
+    as_distribution,
+    median_ci,
+)
 from dbprobe.coldstart import DRIVERS, ColdStartOptions, audit_sample, run, sample
 from dbprobe.coldstart import protocol as cprotocol
 from dbprobe.coldstart.params import resolve
 from dbprobe.coldstart.runner import schedule
+from dbprobe.coldstart.schema import validate_coldstart_metrics
 from dbprobe.errors import ConnectError, UsageError
 from dbprobe.pg import PostgresServer
 from dbprobe.report.model import Distribution, Report, Target
@@ -24,7 +32,7 @@ from dbprobe.report.schema import validate_report
 from dbprobe.urls import parse_url
 
 from .conftest import AuthServer
-from .helpers import CLEARTEXT_PASSWORD, DirectTlsProxy
+from .helpers import CLEARTEXT_PASSWORD, TLS_ONLY_PASSWORD, DirectTlsProxy
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -32,6 +40,8 @@ DRIVER_PHASES = ("connect", "driver_init", "first_query", "total")
 
 
 def _validated(result_metrics: dict[str, Any], findings: Any = ()) -> dict[str, Any]:
+    """The report a run makes, checked against the report schema and the cold-start
+    metrics schema."""
     report = Report(
         command="coldstart",
         target=Target("postgresql://x@127.0.0.1/db", "test"),
@@ -42,6 +52,7 @@ def _validated(result_metrics: dict[str, Any], findings: Any = ()) -> dict[str, 
 
     doc = json.loads(render(report, "json"))
     validate_report(doc)
+    validate_coldstart_metrics(doc["metrics"]["coldstart"])
     return doc
 
 
@@ -74,13 +85,11 @@ def _assert_adds_up(node: dict[str, Any]) -> None:
     stored = node["_meta"]["phase_sum"]
     assert stored["parts"] == list(add.parts)
     assert stored["within_noise"] == add.within_noise
-    # within the driver the three measured parts are contiguous in every sample, so
-    # their means add up exactly
-    assert math.isclose(
-        node["connect"].mean + node["driver_init"].mean + node["first_query"].mean,
-        node["total"].mean,
-        rel_tol=1e-9,
-    )
+    # the driver's connect and the protocol client's establishment are two connections
+    # measured separately: their difference is never zero in every pair
+    assert any(g != 0.0 for g in gap.samples)
+    # (that the phases really add up, against a known lower bound of each, is
+    # test_coldstart_faults.py's injected-latency test)
 
 
 def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
@@ -118,13 +127,16 @@ def test_all_drivers_over_plain_tcp(pg: PostgresServer) -> None:
 
 
 def test_scram_and_tls_every_driver(tls_server: AuthServer) -> None:
-    target = tls_server.target(sslmode="require")
+    """A role only a ``hostssl`` rule admits: every driver connection that succeeds
+    used TLS (the negotiation reported is the paired protocol client's)."""
+    target = tls_server.target("cs_tlsonly", TLS_ONLY_PASSWORD, sslmode="require")
     result = run(target, ColdStartOptions(samples=5, warm=False))
     for name in DRIVERS:
         node = result.metrics[name]
         _assert_driver_node(node, 5, {"tcp", "tls", "startup"})
         assert node["_meta"]["auth_method"] == "scram-sha-256"
         assert node["_meta"]["tls_negotiation"] == "sslrequest"
+        assert node["_meta"]["source"]["tls_negotiation"] == "protocol"
         assert node["_meta"]["scram_iterations"] == 4096
         _assert_adds_up(node)
         # each driver keeps the protocol client's finer figures from its own pairs
@@ -186,7 +198,9 @@ def test_sample_for_the_audit_raises_slow_cold_start(pg: PostgresServer) -> None
     finding = findings[0]
     assert finding.rule == "slow-cold-start"
     assert finding.fingerprint == "coldstart:psycopg"
-    assert finding.evidence["blame"]["phase"] in (*PHASES, "driver_connect")
+    # whichever phase is largest on this run: one of the phases, or a part of TLS
+    # (here the refused SSLRequest's round trip can be the largest under load)
+    assert finding.evidence["blame"]["phase"] in (*PHASES, *PROTOCOL_DETAIL, "driver_connect")
     assert "0.001 ms threshold" in finding.message
     assert finding.recommendation
     _validated(metrics["coldstart"], findings)
@@ -240,9 +254,9 @@ def test_fresh_processes_import_the_users_module(
         )  # fmt: skip
 
 
-def test_a_driver_failing_mid_run_leaves_nothing_open(auth_server: AuthServer) -> None:
-    """The protocol client and psycopg would pass; a wrong password fails at the
-    preflight with one line naming the user."""
+def test_a_wrong_password_fails_at_the_preflight(auth_server: AuthServer) -> None:
+    """One line naming the user, before any driver connects (a failure in the middle
+    of a run: test_coldstart_faults.py)."""
     target = auth_server.target(password="wrong-password", sslmode="disable")
     with pytest.raises(ConnectError, match="authentication failed for user 'postgres'") as info:
         run(target, ColdStartOptions(samples=2))
@@ -250,15 +264,82 @@ def test_a_driver_failing_mid_run_leaves_nothing_open(auth_server: AuthServer) -
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
-def test_every_driver_alternates_which_sample_goes_first(count: int) -> None:
+def test_the_sampling_plan_is_fair(count: int) -> None:
+    """Warm-up rounds first; then, over every ``count`` timed rounds, every driver takes
+    every position once; each driver alternates which of its pair goes first."""
     names = [f"driver{i}" for i in range(count)]
-    plan = schedule(names, 8)
-    assert len(plan) == 8
-    for r, steps in enumerate(plan):
-        assert [s.driver for s in steps] == names[r % count :] + names[: r % count]
+    rounds = 4 * count
+    plan = schedule(names, rounds, warmup_rounds=2)
+    assert [(r.warmup, r.number) for r in plan] == [(True, 0), (True, 1)] + [
+        (False, r) for r in range(rounds)
+    ]
+    for warmup in plan[:2]:
+        assert [s.driver for s in warmup.steps] == names
+    timed = plan[2:]
+    for rnd in timed:
+        r = rnd.number
+        assert [s.driver for s in rnd.steps] == names[r % count :] + names[: r % count]
     for name in names:
-        firsts = [s.first for steps in plan for s in steps if s.driver == name]
-        assert firsts == ["protocol", "driver"] * 4
+        positions = [[s.driver for s in rnd.steps].index(name) for rnd in timed]
+        assert sorted(positions) == sorted(list(range(count)) * 4)
+        firsts = [s.first for rnd in timed for s in rnd.steps if s.driver == name]
+        assert firsts == ["protocol", "driver"] * (rounds // 2)
+    assert schedule(names, 3) == plan[2:5]  # no warm-up asked, none planned
+
+
+def test_scram_iterations_are_reported_as_the_server_set_them(auth_server: AuthServer) -> None:
+    """PostgreSQL 16+ takes ``scram_iterations`` per role password: the report says
+    what the server asked for, not the default."""
+    if auth_server.server.version_num < 160000:
+        pytest.skip("scram_iterations is PostgreSQL 16+ (runs on the embedded PG 18)")
+    auth_server.server.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cs_iter') THEN "
+        "SET scram_iterations = 12345; CREATE ROLE cs_iter LOGIN PASSWORD 'iter-pass'; "
+        "END IF; END $$"
+    )
+    target = auth_server.target("cs_iter", "iter-pass", sslmode="disable")
+    result = run(target, ColdStartOptions(drivers=("psycopg",), samples=2, warm=False))
+    for node in (result.metrics["protocol"], result.metrics["psycopg"]):
+        assert node["_meta"]["auth_method"] == "scram-sha-256"
+        assert node["_meta"]["scram_iterations"] == 12345
+    assert result.metrics["psycopg"]["detail"]["scram_client"].n == 2
+    _validated(result.metrics, result.findings)
+
+
+def test_the_audit_sample(
+    pg: PostgresServer, refusing_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``dbprobe audit`` gets: five psycopg connections by default; the sample's
+    threshold decides the finding, and the findings and the tree reach the audit's
+    report; a server it cannot reach becomes a check-skipped finding of the audit,
+    never an exception out of it."""
+    import dbprobe.coldstart as coldstart_package
+    from dbprobe.audit.audit import AuditOptions, _coldstart_sample
+    from dbprobe.commands.common import Progress
+
+    target = parse_url(pg.dsn())
+    # the audit's own hook, with the sample's threshold lowered so every run is slow
+    monkeypatch.setattr(
+        coldstart_package, "audit_sample", functools.partial(audit_sample, threshold_ms=0.001)
+    )
+    report = Report(command="audit", target=Target(target.masked(), None))
+    _coldstart_sample(report, target, AuditOptions(), Progress(quiet=True))
+    tree = report.metrics["coldstart"]
+    assert tree["psycopg"]["total"].n == 5
+    assert tree["_meta"]["sampling"]["samples"] == 5
+    assert [f.rule for f in report.findings] == ["slow-cold-start"]
+    assert "over the 0.001 ms threshold" in report.findings[0].message
+    assert report.findings[0].evidence["reason"] == "p95-over-threshold"
+    _validated(tree, report.findings)
+    monkeypatch.undo()
+    _tree, relaxed = audit_sample(target, samples=2, threshold_ms=100_000.0)
+    assert all(f.evidence["reason"] != "p95-over-threshold" for f in relaxed)
+    report = Report(command="audit", target=Target(target.masked(), None))
+    unreachable = parse_url(f"postgresql://u:pw@127.0.0.1:{refusing_port}/db")
+    _coldstart_sample(report, unreachable, AuditOptions(connect_timeout_s=2), Progress(quiet=True))
+    assert "coldstart" not in report.metrics
+    assert [f.rule for f in report.findings] == ["check-skipped"]
+    assert "connection refused" in report.findings[0].message
 
 
 def test_idle_pause_comes_before_every_timed_connection(pg: PostgresServer) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,14 @@ from dbprobe.analysis.coldstart_verdicts import (
     driver_names,
     evaluate,
     iqr,
+    label,
     median_ci,
 )
 from dbprobe.coldstart import DRIVERS
+from dbprobe.coldstart.schema import validate_coldstart_metrics
+from dbprobe.errors import DbprobeError
 from dbprobe.report.model import Distribution, Severity
+from dbprobe.report.schema import validate_report
 
 DATA = Path(__file__).parent.parent / "data" / "coldstart"
 
@@ -366,3 +371,138 @@ def test_html_phase_bars_do_not_count_the_drivers_connect_twice() -> None:
         phases = [part.split()[0] for part in row.split(": ", 1)[1].split(", ")]
         assert "connect" not in phases
         assert "startup" in phases
+
+
+def _with_totals(node: dict[str, Any], totals: list[float]) -> dict[str, Any]:
+    """A captured node whose ``total`` is replaced by ``totals`` (its other phases stay
+    as measured)."""
+    return {**node, "total": Distribution.of(totals).to_dict()}
+
+
+def test_the_threshold_is_judged_on_p95_and_quoted_exactly() -> None:
+    """Most connections fast, a tail over the threshold: p50 below it, p95 above. The
+    verdict is on p95; the message and the evidence quote p50 and p95 each in its
+    place; the recommendation is the advice for the phase blamed."""
+    tree = _coldstart("pg15_trust")
+    totals = [10.0] * 18 + [180.0, 220.0]
+    total = Distribution.of(totals)
+    assert total.p50 < 100.0 < total.p95
+    tree["psycopg"] = _with_totals(tree["psycopg"], totals)
+    verdicts, findings = evaluate(tree, Thresholds(total_p95_ms=100.0, dominant_min_ms=1e9))
+    by_driver = {v.driver: v for v in verdicts}
+    verdict = by_driver["psycopg"]
+    assert verdict.slow
+    assert verdict.reason == "p95-over-threshold"
+    assert verdict.total_p50_ms == pytest.approx(total.p50)
+    assert verdict.total_p95_ms == pytest.approx(total.p95)
+    assert [f.fingerprint for f in findings] == ["coldstart:psycopg"]
+    finding = findings[0]
+    top = verdict.blame
+    assert top is not None
+    node, meta = tree["psycopg"], tree["psycopg"]["_meta"]
+    floor = tree["tcp_floor"]["connect"]["p50"]
+    assert finding.message == (
+        f"psycopg: a cold connection and first query take {total.p95:.1f} ms at p95 "
+        f"(p50 {total.p50:.1f} ms, n=20), over the 100 ms threshold; "
+        f"{label(top.phase)} takes {min(1.0, top.p50_ms / total.p50):.0%} of it "
+        f"({top.p50_ms:.1f} ms p50)"
+    )
+    evidence = finding.evidence["phases"]["total"]
+    assert evidence == {
+        "n": 20,
+        "p50": round(total.p50, 3),
+        "p95": round(total.p95, 3),
+        "p99": round(total.p99, 3),
+        "max": 220.0,
+    }
+    assert finding.recommendation == advise("psycopg", top.phase, node, meta, floor)
+    # the same tail under a threshold above p95: not slow
+    relaxed, none = evaluate(tree, Thresholds(total_p95_ms=total.p95 + 1, dominant_min_ms=1e9))
+    assert not {v.driver: v for v in relaxed}["psycopg"].slow
+    assert none == []
+
+
+def test_the_advice_is_for_the_phase_blamed() -> None:
+    """A fresh SQLAlchemy engine on a loopback trust server: its dialect
+    initialisation is the largest phase, and the advice is about that, not about
+    start-up or TLS."""
+    tree = _coldstart("pg15_trust")
+    node = tree["sqlalchemy"]
+    top = blame(node)
+    assert top is not None
+    assert top.phase == "driver_init"
+    verdicts, findings = evaluate(tree, Thresholds(dominant_share=0.3, dominant_min_ms=1.0))
+    finding = next(f for f in findings if f.fingerprint == "coldstart:sqlalchemy")
+    assert finding.evidence["blame"]["phase"] == "driver_init"
+    assert finding.message == (
+        f"sqlalchemy: driver_init dominates a cold connection: {top.p50_ms:.1f} ms of "
+        f"{node['total']['p50']:.1f} ms at p50 ({top.share:.0%})"
+    )
+    floor = tree["tcp_floor"]["connect"]["p50"]
+    assert finding.recommendation == advise("sqlalchemy", "driver_init", node, node["_meta"], floor)
+    assert finding.recommendation.startswith("The engine initialises the dialect")
+    assert {v.driver: v for v in verdicts}["sqlalchemy"].advice == finding.recommendation
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pg15_trust", "pg15_scram_tls", "pg18_scram_200k", "pg15_process", "pg15_prefer_refused"],
+)
+def test_captured_runs_match_the_metrics_schema(name: str) -> None:
+    validate_coldstart_metrics(_coldstart(name))
+    # the report schema references the metrics schema for metrics.coldstart
+    validate_report(json.loads((DATA / f"{name}.json").read_text()))
+
+
+def test_the_report_schema_checks_metrics_coldstart() -> None:
+    """A report whose metrics.coldstart breaks the layout (drivers -> phases ->
+    distributions in ms, the floor at tcp_floor.connect) is refused by the report schema
+    itself; other probes' metrics are left alone."""
+    doc = json.loads((DATA / "pg15_trust.json").read_text())
+    doc["metrics"]["pool"] = {"anything": [1, "two"]}
+    validate_report(doc)
+
+    def refused(change: Callable[[dict[str, Any]], None], where: str) -> None:
+        broken = json.loads(json.dumps(doc))
+        change(broken["metrics"]["coldstart"])
+        with pytest.raises(DbprobeError, match=where):
+            validate_report(broken)
+
+    refused(lambda t: t["psycopg"]["total"].update(unit="q/s"), "coldstart/psycopg/total/unit")
+    refused(lambda t: t["psycopg"].update(warp=t["psycopg"]["total"]), "'warp' was unexpected")
+    refused(lambda t: t["psycopg"].update(total=5), "coldstart/psycopg/total")
+    refused(lambda t: t["tcp_floor"].pop("connect"), "'connect' is a required property")
+    refused(lambda t: t.update(asyncpg=[1, 2]), "coldstart/asyncpg")
+
+
+def _broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    tree = _coldstart("pg15_trust")
+    change(tree)
+    return tree
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda t: t.update(psycopg={"total": 5}), "psycopg"),
+        (lambda t: t.update(mysqlclient=t["psycopg"]), "mysqlclient"),
+        (lambda t: t["asyncpg"].pop("startup"), "'startup' is a required property"),
+        (lambda t: t["asyncpg"].update(warp=t["asyncpg"]["total"]), "warp"),
+        (lambda t: t["sqlalchemy"]["total"].update(unit="q/s"), "'ms' was expected"),
+        (lambda t: t["sqlalchemy"]["total"].update(n=0), "minimum of 1"),
+        (lambda t: t["psycopg"]["detail"].pop("connect_gap"), "connect_gap"),
+        (lambda t: t["psycopg"]["_meta"]["source"].update(connect="protocol"), "'driver'"),
+        (lambda t: t["psycopg"]["_meta"].update(tls_negotiation="maybe"), "maybe"),
+        (lambda t: t.pop("tcp_floor"), "tcp_floor"),
+        (lambda t: t["psycopg"]["total"].update(p50=1e9), "quantiles out of order"),
+        (lambda t: t["psycopg"]["total"].update(samples=[1.0]), "samples"),
+        (lambda t: t["psycopg"]["_meta"].update(samples=999), "_meta.samples"),
+        (lambda t: t["psycopg"]["_meta"]["pairing"].update(driver_first=99), "one entry per pair"),
+    ],
+)
+def test_the_metrics_schema_refuses_nonsense(
+    change: Callable[[dict[str, Any]], None], words: str
+) -> None:
+    with pytest.raises(DbprobeError, match=r"metrics\.coldstart|coldstart/") as info:
+        validate_coldstart_metrics(_broken(change))
+    assert words in str(info.value)
