@@ -305,6 +305,7 @@ def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFix
 def test_cli_bad_input_is_one_line_and_exit_2(
     pg: PostgresServer, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    sockets = open_sockets_to(pg.port)  # other tests' fixtures may hold some
     started = time.perf_counter()
     code = main(["-q", "pool", pg.dsn(), "--step-seconds", "0.2", *args])
     err = capsys.readouterr().err
@@ -314,7 +315,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert message.lower() in error.lower()
     assert time.perf_counter() - started < 30  # refused up front, not after a long run
     assert wait_no_sessions(pg) == 0  # the monitor too
-    assert open_sockets_to(pg.port) == 0
+    assert open_sockets_to(pg.port) <= sockets
 
 
 def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
@@ -380,6 +381,7 @@ def test_max_seconds_is_a_hard_cap_even_with_long_think_times(
     # Think time of 15 s per request (allowed: under 10 × the 2 s timeout): the old
     # drains waited max(5 s, 2 × timeout + 1 s + think) per phase whatever --max-seconds
     # said; think time and drains now stop at the cap.
+    sockets = open_sockets_to(pg.port)  # other tests' fixtures may hold some
     started = time.perf_counter()
     code = main(["-q", "pool", pg.dsn(), "--pool", kind, "--size", "1", "--overflow", "0",
                  "--think-ms", "15000", "--max-seconds", "3"])  # fmt: skip
@@ -388,4 +390,4 @@ def test_max_seconds_is_a_hard_cap_even_with_long_think_times(
     assert code in (0, 1), err
     assert elapsed < 15.0, f"took {elapsed:.1f}s"
     assert wait_no_sessions(pg) == 0
-    assert open_sockets_to(pg.port) == 0
+    assert open_sockets_to(pg.port) <= sockets
