@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._machine import machine_info  # noqa: E402
+from benchmarks._machine import machine_info, write_json  # noqa: E402
 from dbprobe.analysis.sqltext import max_dollar_param  # noqa: E402
 from dbprobe.pg import PostgresServer, throwaway  # noqa: E402
 
@@ -162,13 +162,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--providers", default="local,embedded")
+    ap.add_argument(
+        "--tables", type=int, default=1000, help="tables (two statements each); default 1000"
+    )
+    ap.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = ap.parse_args()
+    globals()["TABLES"] = args.tables  # build() and statements() read the module's TABLES
     print(machine_info())
     print(
         f"command: python benchmarks/bench_audit.py --rounds {args.rounds} "
         f"--providers {args.providers}\n"
     )
     rows = []
+    raw: dict[str, Any] = {}
     for provider in args.providers.split(","):
         try:
             r = bench(provider, args.rounds)
@@ -177,6 +183,12 @@ def main() -> None:
             continue
         audit = r["doc"]["metrics"]["audit"]
         st = audit["statements"]
+        raw[provider] = {
+            **{k: v for k, v in r.items() if k != "doc"},
+            "explained": st["explained"],
+            "timings_ms": audit["timings_ms"],
+            "budget_s": BUDGET_S,
+        }
         rules: dict[str, int] = {}
         for f in r["doc"]["findings"]:
             rules[f["rule"]] = rules.get(f["rule"], 0) + 1
@@ -211,6 +223,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    write_json(args.json, {"benchmark": "audit", "tables": args.tables, "providers": raw})
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._machine import write_json  # noqa: E402
+
 
 def machine_info() -> str:
     import sqlalchemy
@@ -209,6 +211,34 @@ def _print_table(
             )
 
 
+def _summarise(
+    summary: dict[str, Any],
+    key: str,
+    per_workload: dict[str, dict[str, list[float]]],
+    statements: dict[str, int],
+    modes: tuple[str, ...] | None = None,
+) -> None:
+    """Fill ``summary[workload][mode][key]`` (``key`` is ``wall`` or ``cpu``): µs per
+    statement, the ratio of medians and the paired median with its min–max, each run
+    against the bare run of the same round."""
+    for workload, per_mode in per_workload.items():
+        n = statements[workload]
+        bare_runs = per_mode["bare"]
+        bare = statistics.median(bare_runs)
+        for mode, samples in per_mode.items():
+            if modes is not None and mode not in modes:
+                continue
+            med = statistics.median(samples)
+            pairs = _paired(samples, bare_runs)
+            summary.setdefault(workload, {}).setdefault(mode, {})[key] = {
+                "us_per_statement": med / n * 1e6,
+                "ratio": med / bare,
+                "paired": statistics.median(pairs),
+                "paired_min": pairs[0],
+                "paired_max": pairs[-1],
+            }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
@@ -217,6 +247,7 @@ def main() -> None:
     parser.add_argument("--no-nplusone", action="store_true", help="skip the nplusone runs")
     parser.add_argument("--child", choices=("bare", "nplusone"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.url, args.iterations, args.core_statements)
@@ -305,6 +336,9 @@ def main() -> None:
         _print_table("wall time", results, statements, args.rounds)
         _print_table("client CPU time", cpu, statements, args.rounds)
 
+        summary: dict[str, Any] = {}
+        _summarise(summary, "wall", results, statements)
+        _summarise(summary, "cpu", cpu, statements)
         # The cost inside dbprobe's listeners, timed directly (robust on a noisy machine).
         from dbprobe.capture import scope as capture_scope
 
@@ -346,6 +380,13 @@ def main() -> None:
             n = len(spent)
             bare_stmt = statistics.median(results[workload]["bare"]) / statements[workload] * 1e9
             p50, p95 = spent[n // 2], spent[int(n * 0.95)]
+            summary.setdefault(workload, {})["listener_time"] = {
+                "p50_us": p50 / 1e3,
+                "p95_us": p95 / 1e3,
+                "n": n,
+                "bare_us_per_statement": bare_stmt / 1e3,
+                "ratio": 1 + p50 / bare_stmt,
+            }
             print(
                 f"\n{workload}: time inside dbprobe's listeners per statement: p50 "
                 f"{p50 / 1e3:.2f} µs, p95 {p95 / 1e3:.2f} µs (n={n}); against the bare "
@@ -367,6 +408,8 @@ def main() -> None:
         else:
             np_wall, np_cpu, note = _nplusone_rounds(url, args)
             if np_wall:
+                _summarise(summary, "wall", np_wall, statements, modes=("nplusone",))
+                _summarise(summary, "cpu", np_cpu, statements, modes=("nplusone",))
                 _print_table("wall time, child processes", np_wall, statements, args.rounds)
                 _print_table("client CPU time, child processes", np_cpu, statements, args.rounds)
         print(f"\n{note}")
@@ -382,6 +425,18 @@ def main() -> None:
             f"{wall_p:.3f}x [{wall_pairs[0]:.3f}–{wall_pairs[-1]:.3f}], CPU {cpu_p:.3f}x "
             f"[{cpu_pairs[0]:.3f}–{cpu_pairs[-1]:.3f}]: {verdict} in this run "
             f"(load {os.getloadavg()[0]:.1f} at the end)"
+        )
+        write_json(
+            args.json,
+            {
+                "benchmark": "capture",
+                "server": f"PostgreSQL {pg.version} ({pg.provider})",
+                "rounds": args.rounds,
+                "statements": statements,
+                "summary": summary,
+                "nplusone": note,
+                "seconds": {"wall": results, "cpu": cpu},
+            },
         )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._machine import machine_info
+from benchmarks._machine import command_line, machine_info, write_json
 from dbprobe.coldstart import DRIVERS, ColdStartOptions, run
 from dbprobe.pg import throwaway
 from dbprobe.urls import parse_url
@@ -238,8 +238,10 @@ def main() -> None:
     ap.add_argument("--variants", default="trust,scram,scram-tls")
     ap.add_argument("--pgbench-seconds", type=int, default=5)
     ap.add_argument("--no-process", action="store_true")
+    ap.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = ap.parse_args()
     print(machine_info())
+    print(command_line())
     print(f"pgbench: {pgbench_binary()}")
     results: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     for provider in args.providers.split(","):
@@ -256,6 +258,41 @@ def main() -> None:
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     for (provider, variant), data in results.items():
         print(report(provider, variant, data))
+    write_json(
+        args.json,
+        {
+            "benchmark": "coldstart",
+            "variants": {f"{p}/{v}": summary(data) for (p, v), data in results.items()},
+        },
+    )
+
+
+def summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Per-round p50s (ms) of each driver's phases, the TCP floor and pgbench -C."""
+    rounds = data["rounds"]
+
+    def p50s(*path: str) -> list[float] | None:
+        values = []
+        for metrics in rounds:
+            node: Any = metrics
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is None:
+                return None
+            values.append(node.p50)
+        return values
+
+    drivers = {
+        d: {ph: v for ph in PHASE_ROWS if (v := p50s(d, ph)) is not None}
+        for d in ("protocol", *DRIVERS)
+    }
+    return {
+        "version": data["version"],
+        "p50_ms": drivers,
+        "tcp_floor_p50_ms": p50s("tcp_floor", "connect"),
+        "psycopg_connect_mean_ms": [m["psycopg"]["connect"].mean for m in rounds],
+        "pgbench": data["pgbench"],
+    }
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from collections.abc import Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks._machine import write_json  # noqa: E402
+
 
 def corpus(size: int = 1000) -> tuple[list[str], list[str], int]:
     """(bound statements, literal statements, number of underlying forms)."""
@@ -146,6 +148,8 @@ def rate(fn: Callable[[str], str], items: list[str], repeat: int) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--statements", type=int, default=1000, help="corpus size")
+    parser.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = parser.parse_args()
 
     import sqlalchemy
@@ -160,7 +164,7 @@ def main() -> None:
         f"sqlalchemy {sqlalchemy.__version__}, sqlparse {sqlparse.__version__}"
     )
     print(f"command: PYTHONPATH=. python benchmarks/bench_fingerprint.py {' '.join(sys.argv[1:])}")
-    bound, literal, forms = corpus()
+    bound, literal, forms = corpus(args.statements)
     print(
         f"corpus: {len(bound)} statements, {forms} forms, {len(set(bound))} distinct texts bound, "
         f"{len(set(literal))} with literals\n"
@@ -178,12 +182,15 @@ def main() -> None:
     ]
     header = f"{'method':<30} {'bound stmts/s':>14} {'distinct':>9}"
     print(header + f" {'literal stmts/s':>16} {'distinct':>9}")
+    rows: dict[str, dict[str, float] | None] = {}
     for name, fn, repeat in methods:
         if fn is None:
             print(f"{name:<30} {'(not installed: pip install it to compare)':>50}")
+            rows[name] = None
             continue
         r1, d1 = rate(fn, bound, repeat)
         r2, d2 = rate(fn, literal, repeat)
+        rows[name] = {"bound_rate": r1, "bound_keys": d1, "literal_rate": r2, "literal_keys": d2}
         print(f"{name:<30} {r1:>14,.0f} {d1:>9} {r2:>16,.0f} {d2:>9}")
 
     # Behind the cache: a SQLAlchemy-like stream re-emits the same texts.
@@ -193,6 +200,7 @@ def main() -> None:
     for sql in stream:
         fpmod.fingerprint(sql)
     took = time.perf_counter() - t0
+    cached_rate = len(stream) / took
     print(
         "\ndbprobe fingerprint, cached, 100k statements over 120 texts: "
         f"{len(stream) / took:,.0f}/s"
@@ -205,6 +213,16 @@ def main() -> None:
     print(
         "dbprobe fingerprint, literal stream (every text new, cache misses): "
         f"{len(literal) / took:,.0f}/s"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "fingerprint",
+            "corpus": {"statements": len(bound), "forms": forms},
+            "methods": rows,
+            "cached_rate": cached_rate,
+            "literal_stream_rate": len(literal) / took,
+        },
     )
 
 

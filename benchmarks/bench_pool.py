@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._machine import machine_info
+from benchmarks._machine import command_line, machine_info
 from dbprobe.pg import PostgresServer, throwaway
 from dbprobe.pool import StressConfig, Workload
 from dbprobe.pool import _async as async_driver
@@ -352,6 +352,7 @@ def main() -> int:
     kinds = parse_pools(args.pools)
     counts = [int(w) for w in args.workers.split(",")]
     print(machine_info())
+    print(command_line())
     results: dict[str, Any] = {"harness": {}, "bare": {}, "pgbench": {}}
     with throwaway(args.provider, max_connections=100) as pg:
         db = pg.create_database()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._machine import machine_info
+from benchmarks._machine import machine_info, write_json
 from dbprobe.pg import throwaway
 from dbprobe.pg.local import LocalCluster
 
@@ -116,7 +116,7 @@ def _pg_ctl_peer(provider: str, out: dict[str, list[float]]) -> tuple[list[float
                 str(cluster.data),
                 "-w",
                 "-l",
-                str(cluster.log_path),
+                str(cluster.data / "pg_ctl.log"),  # writable by the account the server runs as
                 "-o",
                 opts,
                 "start",
@@ -132,6 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--providers", default="local,embedded")
+    ap.add_argument("--json", default=None, help="write the results here (machine-readable)")
     args = ap.parse_args()
     print(machine_info())
     print(
@@ -162,6 +163,7 @@ def main() -> None:
     for key, label in labels:
         cells = [_fmt(r[key]) if r[key] else "-" for r in results.values()]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    write_json(args.json, {"benchmark": "throwaway", "seconds": results})
 
 
 if __name__ == "__main__":

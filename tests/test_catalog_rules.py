@@ -67,9 +67,10 @@ def test_fk_missing_index(version: str) -> None:
         "public.soft_child.soft_child_parent_id_fkey",
     }
     child = found["public.child.child_parent_id_fkey"]
-    assert child.recommendation == (
-        "CREATE INDEX CONCURRENTLY ix_child_parent_id ON public.child (parent_id);"
-    )
+    fix = "CREATE INDEX CONCURRENTLY ix_child_parent_id ON public.child (parent_id);"
+    assert child.recommendation.startswith(fix) and child.evidence["fix_sql"] == [fix]
+    # what to know before running it
+    assert "transaction block" in child.recommendation and "INVALID" in child.recommendation
     assert child.evidence["on_delete"] == "cascade"
     assert "deletes its child rows" in child.message
     # a partial index that starts with the column does not serve the key, and is named
@@ -148,6 +149,7 @@ def test_unused_index_shows_statistics_age(version: str) -> None:
     assert "statistics reset 40 days ago" in mature.message
     assert mature.recommendation.startswith("DROP INDEX CONCURRENTLY public.ix_child_e;")
     assert "standby" in mature.recommendation
+    assert "created after the statistics were reset" in mature.recommendation
     assert mature.evidence["stats_age_s"] == pytest.approx(40 * 86400)
 
 
@@ -210,3 +212,21 @@ def test_schema_filter() -> None:
     assert schema_filter()("anything")
     snap = snapshot("15").filtered(schema_filter(exclude=["public"]))
     assert snap.tables == () and check_catalog(snap) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_invalid_index_left_as_ccold_is_only_dropped(version: str) -> None:
+    """The old version REINDEX CONCURRENTLY could not drop after swapping in the new one
+    (``<name>_ccold``, next to a valid ``<name>``): the rebuild succeeded, so the only
+    advice is to drop it (rebuilding it would recreate a copy of ``<name>``)."""
+    snap = snapshot(version)
+    invalid = next(i for i in snap.indexes if i.name == "uq_dupdata_v")
+    rebuilt = dataclasses.replace(invalid, oid=invalid.oid + 100_000, valid=True, ready=True)
+    old = dataclasses.replace(invalid, name="uq_dupdata_v_ccold")
+    others = tuple(i for i in snap.indexes if i.oid != invalid.oid)
+    (finding,) = invalid_indexes(dataclasses.replace(snap, indexes=(*others, rebuilt, old)))
+    assert finding.fingerprint == "public.uq_dupdata_v_ccold"
+    assert finding.recommendation == "DROP INDEX CONCURRENTLY public.uq_dupdata_v_ccold;"
+    assert finding.evidence["fix_sql"] == [finding.recommendation]
+    assert finding.evidence["reindex_leftover"] == "uq_dupdata_v"
+    assert "the rebuild succeeded" in finding.message

@@ -51,7 +51,9 @@ def btree(name: str, *cols: str, predicate: str | None = None, desc: bool = Fals
         table_oid=1,
         table_schema="public",
         table_name="orders",
-        key_columns=tuple(IndexColumn(definition=c, name=c, descending=desc) for c in cols),
+        key_columns=tuple(
+            IndexColumn(definition=c, name=c, descending=desc, nulls_first=desc) for c in cols
+        ),
         predicate=predicate,
     )
 
@@ -113,17 +115,42 @@ def test_served_by_leading_columns() -> None:
     assert served_by(eq, 1, [btree("ix", "customer_id", predicate="(status = 'x')")]) is None
     hash_index = dataclasses.replace(btree("ix", "customer_id"), method="hash")
     assert served_by(eq, 1, [hash_index]) is None
-    # sort order: same direction or all reversed (backward scan), not mixed
-    sort = [IndexKey(column="customer_id"), IndexKey(column="created_at", descending=True)]
+    # sort order: same direction and NULLS order, or all reversed (backward scan)
+    sort = [
+        IndexKey(column="customer_id"),
+        IndexKey(column="created_at", descending=True, nulls_first=True, kind="sort"),
+    ]
     desc = btree("ix_desc", "customer_id", "created_at", desc=True)
     assert served_by(sort, 1, [desc]) is desc
     assert served_by(sort, 1, [composite]) is composite  # backward scan
     mixed = [
         IndexKey(column="customer_id"),
-        IndexKey(column="a"),
-        IndexKey(column="b", descending=True),
+        IndexKey(column="a", kind="sort"),
+        IndexKey(column="b", descending=True, nulls_first=True, kind="sort"),
     ]
     assert served_by(mixed, 1, [btree("ix", "customer_id", "a", "b")]) is None
+    # DESC NULLS LAST: neither an ascending index (backward it gives NULLS FIRST) nor a
+    # DESC (NULLS FIRST) one returns that order
+    nulls_last = [IndexKey(column="created_at", descending=True, kind="sort")]
+    assert served_by(nulls_last, 0, [btree("ix", "created_at")]) is None
+    assert served_by(nulls_last, 0, [btree("ix", "created_at", desc=True)]) is None
+    # another collation or a pattern operator class: equality only, or nothing
+    c_index = btree("ix_c", "customer_id")
+    c_coll = dataclasses.replace(
+        c_index,
+        key_columns=(dataclasses.replace(c_index.key_columns[0], collation="C"),),
+    )
+    assert served_by(eq, 1, [c_coll]) is None
+    pattern = dataclasses.replace(
+        c_index,
+        key_columns=(
+            dataclasses.replace(
+                c_index.key_columns[0], opclass="text_pattern_ops", opclass_default=False
+            ),
+        ),
+    )
+    assert served_by(eq, 1, [pattern]) is pattern
+    assert served_by([IndexKey(column="customer_id", kind="range")], 0, [pattern]) is None
 
 
 # -- advice on real candidates ------------------------------------------------------------------
@@ -150,12 +177,14 @@ def test_order_equality_then_range_then_sort(version: str) -> None:
         "(customer_id, created_at)",
     ]
 
+    # with a LIMIT, the shape that also serves the order comes first: it is the one
+    # recommended when nothing can verify them
     top = advise(candidate("sort-limit-filter", version), indexes_on(version, "orders"))
     assert [a.columns_text for a in top.alternatives] == [
-        "(customer_id)",
         "(customer_id, created_at)",
+        "(customer_id)",
     ]
-    assert "order by created_at DESC" in top.alternatives[1].reason
+    assert "order by created_at DESC" in top.alternatives[0].reason
 
     topn = advise(candidate("sort-limit-no-filter", version), indexes_on(version, "orders"))
     assert [a.columns_text for a in topn.alternatives] == ["(created_at)"]  # backward scan
@@ -213,6 +242,12 @@ def test_or_filter_gets_no_index_but_a_reason(version: str) -> None:
     assert result.alternatives == ()
     assert result.reason_none is not None and "OR" in result.reason_none
     assert "42" not in result.reason_none  # literals redacted
+    # one index per column: PostgreSQL combines them in a BitmapOr
+    assert result.hint_sql == (
+        "CREATE INDEX CONCURRENTLY ix_orders_customer_id ON public.orders (customer_id);",
+        "CREATE INDEX CONCURRENTLY ix_orders_total ON public.orders (total);",
+    )
+    assert "BitmapOr" in " ".join(result.hints)
 
 
 # -- the finding -----------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ import pytest
 
 from dbprobe.analysis.catalog import CatalogSnapshot
 from dbprobe.analysis.plans import (
+    BOOLEAN,
     EQUALITY,
     IN_LIST,
     IS_NULL,
+    NOT_NULL,
     OTHER,
     PATTERN,
     RANGE,
@@ -114,7 +116,9 @@ def test_join_condition_key_is_the_side_of_the_alias() -> None:
     [
         ("(x = ANY ('{1,2}'::integer[]))", IN_LIST),
         ("(x IS NULL)", IS_NULL),
-        ("(x IS NOT NULL)", OTHER),
+        ("(x IS NOT NULL)", NOT_NULL),
+        ("(NOT o.done)", BOOLEAN),
+        ("o.done", BOOLEAN),
         ("((name)::text ~~ 'abc%'::text)", PATTERN),
         ("(x <> 5)", OTHER),
         ("((a = 1) OR (b = 2))", OTHER),

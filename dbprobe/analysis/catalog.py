@@ -44,12 +44,39 @@ def display_name(schema: str, name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnInfo:
+    """A table column: its type as ``format_type()`` prints it (``character varying(20)``),
+    the base type of a domain (``base_type``, the type itself otherwise), its collation
+    (``None`` for types without one) and, when ``pg_stats`` is readable, the planner's
+    statistics: ``null_frac`` (share of NULLs) and ``n_distinct`` (distinct values;
+    negative: minus that share of the rows)."""
+
+    name: str
+    type: str
+    base_type: str = ""
+    collation: str | None = None
+    not_null: bool = False
+    null_frac: float | None = None
+    n_distinct: float | None = None
+
+    def rows_per_value(self, table_rows: float) -> float | None:
+        """Rows an equality on this column keeps on average (``None``: no statistics)."""
+        if self.n_distinct is None or self.n_distinct == 0:
+            return None
+        distinct = self.n_distinct if self.n_distinct > 0 else -self.n_distinct * table_rows
+        non_null = table_rows * (1.0 - (self.null_frac or 0.0))
+        return non_null / max(distinct, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class TableInfo:
     """A table (``r``), partitioned table (``p``) or materialized view (``m``).
 
     rows: the planner's estimate (``pg_class.reltuples``; the live-tuple count when the
     table was never analysed). Counters (``seq_scan`` ...) are ``None`` when the
     statistics are not readable. size_bytes: ``relpages × block_size`` (no lock taken).
+    parent_oid: the partitioned table this one is a partition of; columns: in
+    ``attnum`` order (empty in snapshots saved before they were read).
     """
 
     oid: int
@@ -70,6 +97,8 @@ class TableInfo:
     last_seq_scan: _dt.datetime | None = None
     last_idx_scan: _dt.datetime | None = None
     replica_identity: str = "d"
+    parent_oid: int | None = None
+    columns: tuple[ColumnInfo, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -78,6 +107,17 @@ class TableInfo:
     @property
     def display(self) -> str:
         return display_name(self.schema, self.name)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.kind == "p"
+
+    def column(self, name: str) -> ColumnInfo | None:
+        """The column called ``name`` (``None`` when unknown)."""
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +161,12 @@ class IndexInfo:
 
     constraint_type: ``p`` (primary key), ``u`` (unique), ``x`` (exclusion) when the
     index backs a constraint. idx_scan: scans since statistics were reset (``None``
-    when unreadable).
+    when unreadable; always ``None`` for a partitioned index, whose partitions' indexes
+    are counted instead). nulls_not_distinct: a unique index that treats NULLs as equal
+    (PostgreSQL 15+). referenced_by: foreign keys that use this unique index to check
+    their references (``pg_constraint.conindid``): it cannot be dropped while they
+    exist. partitioned: an index on a partitioned table (``relkind = 'I'``);
+    parent_oid: the partitioned index this partition's index is attached to.
     """
 
     oid: int
@@ -146,10 +191,18 @@ class IndexInfo:
     idx_scan: int | None = None
     last_idx_scan: _dt.datetime | None = None
     definition: str = ""
+    nulls_not_distinct: bool = False
+    referenced_by: tuple[str, ...] = ()
+    partitioned: bool = False
+    parent_oid: int | None = None
 
     @property
     def qualified(self) -> str:
         return qualified(self.schema, self.name)
+
+    @property
+    def table_qualified(self) -> str:
+        return qualified(self.table_schema, self.table_name)
 
     @property
     def table_display(self) -> str:
@@ -178,8 +231,52 @@ class IndexInfo:
             parts.append(text)
         text = "(" + ", ".join(parts) + ")"
         if self.include_columns:
-            text += " INCLUDE (" + ", ".join(self.include_columns) + ")"
+            text += " INCLUDE (" + ", ".join(quote_ident(c) for c in self.include_columns) + ")"
+        if self.nulls_not_distinct:
+            text += " NULLS NOT DISTINCT"
         return text
+
+    @property
+    def body_sql(self) -> str:
+        """What follows ``ON table`` in a ``CREATE INDEX`` that rebuilds this index:
+        ``USING gist (a, (lower(b)) text_pattern_ops) INCLUDE (c) WHERE (d > 0)`` (the
+        method only when it is not a B-tree)."""
+        parts = []
+        for c in self.key_columns:
+            text = quote_ident(c.name) if c.name is not None else f"({c.definition})"
+            if c.collation:
+                text += f" COLLATE {quote_ident(c.collation)}"
+            if c.opclass and not c.opclass_default:
+                text += f" {c.opclass}"
+            if c.descending:
+                text += " DESC" + ("" if c.nulls_first else " NULLS LAST")
+            elif c.nulls_first:
+                text += " NULLS FIRST"
+            parts.append(text)
+        text = "USING " + self.method + " " if self.method != "btree" else ""
+        text += "(" + ", ".join(parts) + ")"
+        if self.include_columns:
+            text += " INCLUDE (" + ", ".join(quote_ident(c) for c in self.include_columns) + ")"
+        if self.nulls_not_distinct:
+            text += " NULLS NOT DISTINCT"
+        if self.predicate:
+            text += f" WHERE ({self.predicate})"
+        return text
+
+    def same_definition(self, other: IndexInfo) -> bool:
+        """Same method, uniqueness, key columns (with operator classes, collations and
+        ordering), INCLUDE columns and predicate: what ``ATTACH PARTITION`` requires."""
+        return (
+            self.method == other.method
+            and self.unique == other.unique
+            and self.nulls_not_distinct == other.nulls_not_distinct
+            and len(self.key_columns) == len(other.key_columns)
+            and all(
+                a.equivalent(b) for a, b in zip(self.key_columns, other.key_columns, strict=True)
+            )
+            and self.include_columns == other.include_columns
+            and (self.predicate or None) == (other.predicate or None)
+        )
 
     @property
     def enforces_constraint(self) -> bool:
@@ -191,6 +288,7 @@ class IndexInfo:
             or self.exclusion
             or self.constraint_type is not None
             or self.replica_identity
+            or bool(self.referenced_by)
         )
 
 
@@ -280,8 +378,33 @@ def format_age(delta: _dt.timedelta) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class SkippedTable:
+    """A table whose indexes could not be read: reading index definitions
+    (``pg_get_indexdef``) waits for a lock that someone holds or waits for in
+    ACCESS EXCLUSIVE mode (a migration). reason: one line; pids: the sessions involved."""
+
+    oid: int
+    schema: str
+    name: str
+    reason: str
+    pids: tuple[int, ...] = ()
+
+    @property
+    def display(self) -> str:
+        return display_name(self.schema, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
 class CatalogSnapshot:
-    """Everything the catalog rules and the plan analysis need about one database."""
+    """Everything the catalog rules and the plan analysis need about one database.
+
+    skipped_tables: tables whose indexes are missing from ``indexes`` (locked while the
+    catalog was read): no rule may conclude anything about their indexes.
+    other_relations: ``(schema, name)`` of relations that are neither tables nor
+    indexes (sequences, views, ...), whose names an index cannot take either.
+    default_collation_c: the database's default collation compares bytes (``C`` or
+    ``POSIX``), so a plain B-tree serves ``LIKE 'prefix%'``.
+    """
 
     database: str
     server_version_num: int
@@ -290,6 +413,9 @@ class CatalogSnapshot:
     foreign_keys: tuple[ForeignKeyInfo, ...] = ()
     stats: StatsAge | None = None
     block_size: int = 8192
+    skipped_tables: tuple[SkippedTable, ...] = ()
+    other_relations: tuple[tuple[str, str], ...] = ()
+    default_collation_c: bool = False
 
     def table(self, schema: str | None, name: str) -> TableInfo | None:
         """The table called ``name`` (in ``schema``; any schema when ``None`` and unique)."""
@@ -309,11 +435,44 @@ class CatalogSnapshot:
         return self._indexes_by_table().get(table_oid, ())
 
     def relation_names(self, schema: str) -> frozenset[str]:
-        """Every table and index name in ``schema`` (for picking a free index name)."""
+        """Every relation name in ``schema``: tables, indexes, sequences, views ...
+        (for picking a free index name)."""
         return frozenset(
             [t.name for t in self.tables if t.schema == schema]
             + [i.name for i in self.indexes if i.schema == schema]
+            + [name for s, name in self.other_relations if s == schema]
         )
+
+    def index_by_oid(self, oid: int) -> IndexInfo | None:
+        cache: dict[int, IndexInfo] | None = self.__dict__.get("_idx_by_oid")
+        if cache is None:
+            cache = {i.oid: i for i in self.indexes}
+            object.__setattr__(self, "_idx_by_oid", cache)
+        return cache.get(oid)
+
+    def partitions_of(self, table_oid: int) -> tuple[TableInfo, ...]:
+        """The direct partitions of a partitioned table, by name."""
+        return tuple(
+            sorted(
+                (t for t in self.tables if t.parent_oid == table_oid),
+                key=lambda t: (t.schema, t.name),
+            )
+        )
+
+    def leaf_partitions(self, table_oid: int) -> tuple[TableInfo, ...]:
+        """Every partition that holds rows (partitions of partitions, recursively)."""
+        out: list[TableInfo] = []
+        for part in self.partitions_of(table_oid):
+            out.extend(self.leaf_partitions(part.oid) if part.partitioned else [part])
+        return tuple(out)
+
+    def attached_indexes(self, index_oid: int) -> tuple[IndexInfo, ...]:
+        """Indexes of partitions attached to the partitioned index ``index_oid``."""
+        return tuple(i for i in self.indexes if i.parent_oid == index_oid)
+
+    def is_skipped(self, table_oid: int) -> bool:
+        """Whether the indexes of this table could not be read (see ``skipped_tables``)."""
+        return any(s.oid == table_oid for s in self.skipped_tables)
 
     # Lookup tables, built lazily and cached on the frozen instance.
     def _tables_by_oid(self) -> dict[int, TableInfo]:
@@ -340,6 +499,7 @@ class CatalogSnapshot:
             tables=tuple(t for t in self.tables if keep_schema(t.schema)),
             indexes=tuple(i for i in self.indexes if keep_schema(i.table_schema)),
             foreign_keys=tuple(f for f in self.foreign_keys if keep_schema(f.schema)),
+            skipped_tables=tuple(t for t in self.skipped_tables if keep_schema(t.schema)),
         )
 
     # -- JSON ---------------------------------------------------------------------------
@@ -353,11 +513,14 @@ class CatalogSnapshot:
         return cls(
             database=str(data.get("database", "")),
             server_version_num=int(data.get("server_version_num", 0)),
-            tables=tuple(_build(TableInfo, t) for t in data.get("tables", ())),
+            tables=tuple(_table_from(t) for t in data.get("tables", ())),
             indexes=tuple(_index_from(i) for i in data.get("indexes", ())),
             foreign_keys=tuple(_build(ForeignKeyInfo, f) for f in data.get("foreign_keys", ())),
             stats=_build(StatsAge, stats) if stats else None,
             block_size=int(data.get("block_size", 8192)),
+            skipped_tables=tuple(_build(SkippedTable, t) for t in data.get("skipped_tables", ())),
+            other_relations=tuple((str(s), str(n)) for s, n in data.get("other_relations", ())),
+            default_collation_c=bool(data.get("default_collation_c", False)),
         )
 
 
@@ -386,6 +549,12 @@ def _build(cls: Any, data: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _table_from(data: Mapping[str, Any]) -> TableInfo:
+    cols = tuple(_build(ColumnInfo, c) for c in data.get("columns", ()))
+    table: TableInfo = _build(TableInfo, {k: v for k, v in data.items() if k != "columns"})
+    return dataclasses.replace(table, columns=cols)
+
+
 def _index_from(data: Mapping[str, Any]) -> IndexInfo:
     cols = tuple(_build(IndexColumn, c) for c in data.get("key_columns", ()))
     index: IndexInfo = _build(IndexInfo, {k: v for k, v in data.items() if k != "key_columns"})
@@ -397,19 +566,50 @@ def leading_columns(index: IndexInfo, n: int) -> tuple[str | None, ...]:
     return index.column_names[:n]
 
 
+# Operator classes that are not their type's default but still hold the type's ``=``:
+# a B-tree with them serves equality (and ``LIKE 'prefix%'``), never ranges or ORDER BY.
+PATTERN_OPCLASSES = frozenset({"text_pattern_ops", "varchar_pattern_ops", "bpchar_pattern_ops"})
+
+
+def serves_equality(column: IndexColumn) -> bool:
+    """Whether an index column can search ``column = value`` as a query writes it: the
+    column's own collation (an index ``COLLATE "C"`` on a column of another collation
+    serves only comparisons made in ``"C"``) and an operator class with the type's
+    ``=`` (the default one, or a ``*_pattern_ops``)."""
+    return column.collation is None and (
+        column.opclass_default or column.opclass in PATTERN_OPCLASSES
+    )
+
+
+def serves_order(column: IndexColumn) -> bool:
+    """Whether an index column can search ranges and return rows in the column's
+    order: the column's own collation and the type's default operator class."""
+    return column.collation is None and column.opclass_default
+
+
 def serves_columns(index: IndexInfo, columns: Iterable[str]) -> bool:
     """Whether ``index`` is usable for look-ups on exactly ``columns`` (in any order) as
-    its leading key columns: valid, not partial, a B-tree (or a hash index on one column).
+    its leading key columns: valid, not partial, a B-tree (or a hash index on one column),
+    each of those key columns with the column's collation and an operator class that has
+    the type's ``=``.
     """
     wanted = list(columns)
     if not index.valid or index.predicate is not None or not wanted:
         return False
     if index.method == "hash":
-        return len(wanted) == 1 and index.column_names == (wanted[0],)
+        return (
+            len(wanted) == 1
+            and index.column_names == (wanted[0],)
+            and serves_equality(index.key_columns[0])
+        )
     if index.method != "btree":
         return False
-    lead = index.column_names[: len(wanted)]
-    return len(lead) == len(wanted) and set(lead) == set(wanted)
+    lead = index.key_columns[: len(wanted)]
+    return (
+        len(lead) == len(wanted)
+        and {c.name for c in lead} == set(wanted)
+        and all(serves_equality(c) for c in lead)
+    )
 
 
 # Keywords PostgreSQL quotes in quote_ident(): every category but "unreserved"

@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from dbprobe.analysis.catalog import CatalogSnapshot, display_name
+from dbprobe.analysis.catalog import CatalogSnapshot, TableInfo, display_name
 from dbprobe.analysis.sqltext import (
     Token,
     matching_paren,
@@ -248,16 +248,20 @@ class ColumnRef:
 class Operand:
     """One side of a comparison.
 
-    column: set when the side is a plain column (casts to text types dropped: a
-    ``varchar`` compared as ``(col)::text`` is still served by an index on ``col``);
-    expression: otherwise, the expression with alias qualifiers removed (usable in
-    ``CREATE INDEX … ((expression))``); refs: every column the side mentions.
+    column: set when the side is a plain column, possibly cast: ``casts`` lists the
+    types it is cast to, innermost first (``(id)::numeric`` → ``("numeric",)``). Whether
+    an index on the column still serves the comparison depends on the column's type (a
+    ``varchar`` compared as ``(col)::text`` is served; a ``bigint`` compared as
+    ``(col)::numeric`` is not): see :func:`harmless_casts`. expression: otherwise, the
+    expression with alias qualifiers removed (usable in ``CREATE INDEX …
+    ((expression))``); refs: every column the side mentions.
     """
 
     text: str
     column: ColumnRef | None = None
     expression: str | None = None
     refs: frozenset[ColumnRef] = frozenset()
+    casts: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -284,6 +288,7 @@ def _ref_matches(ref: ColumnRef, alias: str | None, own: bool) -> bool:
 
 
 EQUALITY, IN_LIST, IS_NULL, RANGE, PATTERN, OTHER = "eq", "in", "null", "range", "pattern", "other"
+BOOLEAN, NOT_NULL = "bool", "notnull"
 _RANGE_OPS = frozenset({"<", "<=", ">", ">="})
 _PATTERN_OPS = frozenset({"~~", "~~*", "!~~", "!~~*", "~", "~*", "!~", "!~*"})
 _COMPARISON_OPS = frozenset({"=", "<>", "!=", *_RANGE_OPS, *_PATTERN_OPS})
@@ -294,9 +299,10 @@ class Predicate:
     """One conjunct of a Filter / Index Cond / join condition.
 
     kind: ``eq`` (``=``), ``in`` (``= ANY (…)``), ``null`` (``IS NULL``), ``range``
-    (``< <= > >=``), ``pattern`` (LIKE and regular expressions), ``other`` (OR, NOT,
-    ``<>``, subplans: nothing a B-tree serves directly). ``left``/``right`` are the
-    two sides (``right`` is ``None`` for ``IS NULL`` and ``other``).
+    (``< <= > >=``), ``pattern`` (LIKE and regular expressions), ``bool`` (a boolean
+    column, or ``NOT`` one), ``notnull`` (``IS NOT NULL``), ``other`` (OR, ``<>``,
+    subplans: nothing a B-tree serves directly). ``left``/``right`` are the two sides
+    (``right`` is ``None`` for ``IS NULL``, ``bool``, ``notnull`` and ``other``).
     """
 
     kind: str
@@ -319,7 +325,33 @@ class Predicate:
 
     @property
     def indexable(self) -> bool:
-        return self.kind in (EQUALITY, IN_LIST, IS_NULL, RANGE)
+        return self.kind in (EQUALITY, IN_LIST, IS_NULL, RANGE, BOOLEAN)
+
+    @property
+    def constant_free(self) -> bool:
+        """No value in it (``x IS NULL``, ``NOT done``): the same for every execution of
+        the statement, so a partial index can be built ``WHERE`` it holds."""
+        return self.kind in (IS_NULL, NOT_NULL, BOOLEAN)
+
+    @property
+    def like_prefix(self) -> str | None:
+        """The fixed prefix of ``col LIKE 'abc%'`` (``abc``), which a B-tree can search
+        as a range; ``None`` for other predicates and patterns that start with a
+        wildcard or are not constants."""
+        if self.operator != "~~" or self.right is None:
+            return None
+        toks, _ = _strip_trailing_casts(tokenize(self.right.text))
+        if len(toks) != 1 or toks[0].kind != "string":
+            return None
+        prefix = ""
+        pattern = toks[0].value
+        i = 0
+        while i < len(pattern) and pattern[i] not in "%_":
+            if pattern[i] == "\\" and i + 1 < len(pattern):
+                i += 1
+            prefix += pattern[i]
+            i += 1
+        return prefix or None
 
 
 _NOT_COLUMNS = frozenset(
@@ -420,12 +452,50 @@ def _without_qualifiers(tokens: Sequence[Token]) -> list[Token]:
     return out
 
 
+def _as_column(toks: Sequence[Token]) -> ColumnRef | None:
+    """``col`` or ``alias.col`` as a column reference (``None`` for anything else)."""
+    if len(toks) == 1 and toks[0].kind in ("ident", "qident"):
+        if toks[0].kind == "ident" and toks[0].upper in _NOT_COLUMNS:
+            return None
+        return ColumnRef(None, toks[0].value)
+    if (
+        len(toks) == 3
+        and toks[1].is_punct(".")
+        and toks[0].kind in ("ident", "qident")
+        and toks[2].kind in ("ident", "qident")
+    ):
+        return ColumnRef(toks[0].value, toks[2].value)
+    return None
+
+
+def _strip_trailing_casts(tokens: Sequence[Token]) -> tuple[list[Token], list[str]]:
+    """``tokens`` without the casts around them (``((x)::a)::b`` → ``x``), and the
+    cast types innermost first."""
+    toks = list(strip_parens(tokens))
+    casts: list[str] = []
+    while len(toks) >= 3:
+        pos = _last_top_level_cast(toks)
+        if pos < 0:
+            break
+        end, type_name = _skip_type(toks, pos + 1)
+        if end != len(toks):
+            break
+        casts.insert(0, type_name)
+        toks = list(strip_parens(toks[:pos]))
+    return toks, casts
+
+
 def parse_operand(tokens: Sequence[Token]) -> Operand:
-    """One side of a comparison: a plain column (text-type casts dropped), an
-    expression over columns, or a value (constant, parameter, other side's column)."""
+    """One side of a comparison: a plain column (with the casts applied to it), an
+    expression over columns (casts to text types around it dropped), or a value
+    (constant, parameter, other side's column)."""
     toks = strip_parens(tokens)
     text = render(toks)
-    # Drop trailing casts to text types: ((col)::text) is still the column.
+    bare, casts = _strip_trailing_casts(toks)
+    column = _as_column(bare)
+    if column is not None:
+        return Operand(text, column=column, refs=frozenset({column}), casts=tuple(casts))
+    # An expression: drop trailing casts to text types only ((lower(x))::text is lower(x)).
     while len(toks) >= 3:
         pos = _last_top_level_cast(toks)
         if pos < 0:
@@ -435,17 +505,36 @@ def parse_operand(tokens: Sequence[Token]) -> Operand:
             break
         toks = strip_parens(toks[:pos])
     refs = column_refs(toks)
-    if len(toks) == 1 and toks[0].kind in ("ident", "qident") and len(refs) == 1:
-        return Operand(text, column=next(iter(refs)), refs=refs)
-    if (
-        len(toks) == 3
-        and toks[1].is_punct(".")
-        and toks[0].kind in ("ident", "qident")
-        and toks[2].kind in ("ident", "qident")
-    ):
-        return Operand(text, column=ColumnRef(toks[0].value, toks[2].value), refs=refs)
     expression = render(_without_qualifiers(toks)) if refs else None
     return Operand(text, expression=expression, refs=refs)
+
+
+# Types a text-like column may be cast to and still be searched by its index: ``varchar``
+# and ``text`` share the B-tree operator family, so ``(col)::text = $1`` uses an index on
+# a ``varchar`` column. Every other cast of a column (``bigint`` to ``numeric``, ``uuid``
+# or ``character(n)`` to ``text``, ``timestamptz`` to ``date``) hides the column from its
+# index.
+_TEXT_FAMILY = frozenset({"text", "character varying", "varchar"})
+
+
+def base_type_name(type_text: str) -> str:
+    """``character varying(20)`` → ``character varying``; ``numeric(10,2)[]`` → ``numeric[]``."""
+    name = type_text.split("(", maxsplit=1)[0].strip()
+    return name + ("[]" if type_text.endswith("[]") and not name.endswith("[]") else "")
+
+
+def harmless_casts(casts: Sequence[str], column_type: str | None) -> bool:
+    """Whether an index on a column of ``column_type`` still serves the column cast to
+    ``casts`` (innermost first). Without the column's type, casts to text types count
+    as harmless (a ``varchar`` column compared with text is the common case)."""
+    if not casts:
+        return True
+    if column_type is None:
+        return all(c in _TEXT_TYPES for c in casts)
+    base = base_type_name(column_type)
+    if all(c == base for c in casts):
+        return True
+    return base in _TEXT_FAMILY and all(c in _TEXT_FAMILY for c in casts)
 
 
 def _last_top_level_cast(tokens: Sequence[Token]) -> int:
@@ -464,8 +553,22 @@ def parse_predicate(tokens: Sequence[Token]) -> Predicate:
     """Classify one conjunct (see :class:`Predicate`)."""
     toks = strip_parens(tokens)
     text = render(toks)
-    if len(split_top_level(toks, "OR")) > 1 or (toks and toks[0].is_word("NOT")):
+    if len(split_top_level(toks, "OR")) > 1:
         return Predicate(OTHER, text)
+    if toks and toks[0].is_word("NOT"):
+        rest = strip_parens(toks[1:])
+        if _as_column(rest) is not None:
+            return Predicate(BOOLEAN, text, "NOT", left=parse_operand(rest))
+        return Predicate(OTHER, text)
+    if _as_column(toks) is not None:
+        return Predicate(BOOLEAN, text, "", left=parse_operand(toks))
+    if (
+        len(toks) >= 4
+        and toks[-1].is_word("NULL")
+        and toks[-2].is_word("NOT")
+        and toks[-3].is_word("IS")
+    ):
+        return Predicate(NOT_NULL, text, "IS NOT NULL", left=parse_operand(toks[:-3]))
     if len(toks) >= 3 and toks[-1].is_word("NULL") and toks[-2].is_word("IS"):
         return Predicate(IS_NULL, text, "IS NULL", left=parse_operand(toks[:-2]))
     depth, op_at = 0, -1
@@ -563,6 +666,22 @@ def display_condition(expression: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class CastIssue:
+    """A condition that casts a column, so no index on the column can serve it.
+
+    column: the column; casts: the types it is cast to (innermost first);
+    column_type: the column's type (``None`` when unknown); condition: the conjunct as
+    the plan prints it; kind: the predicate kind (``eq``, ``range`` ...).
+    """
+
+    column: str
+    casts: tuple[str, ...]
+    column_type: str | None
+    condition: str
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ScanCandidate:
     """A scan that reads many rows of a large relation to keep few of them.
 
@@ -570,9 +689,15 @@ class ScanCandidate:
     rows_examined / rows_returned: per loop (estimates, or measured with ANALYZE);
     loops: how often the scan runs (outer rows of a nested loop; 1 otherwise).
     equality / ranges / sort: what an index could use, from the Filter, the join
-    condition and the Sort Key. unindexable: conjuncts no B-tree serves (OR, LIKE …).
-    index_used: the index the scan already uses (Index/Bitmap scans), and served /
-    served_ranges the columns its condition already searches.
+    condition and the Sort Key (or, for an index scan read in its index's order under a
+    LIMIT, that index's key columns). unindexable: conjuncts no B-tree serves (OR, LIKE
+    '%…' …). index_used: the index the scan already uses (Index/Bitmap scans), and
+    served / served_ranges the columns its condition already searches. casts:
+    conditions that cast a column (no index on the column serves them); prefixes:
+    columns searched by ``LIKE 'prefix%'``; partial: constant-free conjuncts
+    (``deleted_at IS NULL``, ``NOT done``) without alias qualifiers, usable as the
+    predicate of a partial index; either: the columns of each OR whose branches one
+    index per column could serve (combined in a BitmapOr).
     """
 
     pattern: str
@@ -594,6 +719,10 @@ class ScanCandidate:
     served_ranges: tuple[Operand, ...] = ()
     has_limit: bool = False
     analyzed: bool = False
+    casts: tuple[CastIssue, ...] = ()
+    prefixes: tuple[Operand, ...] = ()
+    partial: tuple[tuple[str, str], ...] = ()
+    either: tuple[tuple[str, ...], ...] = ()
 
     @property
     def fraction_kept(self) -> float:
@@ -605,7 +734,7 @@ class ScanCandidate:
 
     @property
     def has_index_columns(self) -> bool:
-        return bool(self.equality or self.ranges or self.sort)
+        return bool(self.equality or self.ranges or self.sort or self.prefixes)
 
 
 def _parallel_factor(ancestors: Sequence[PlanNode], node: PlanNode) -> float:
@@ -671,24 +800,73 @@ def _is_full_scan(node: PlanNode) -> bool:
     )
 
 
+@dataclasses.dataclass
+class _Classified:
+    eq: list[Operand] = dataclasses.field(default_factory=list)
+    rng: list[Operand] = dataclasses.field(default_factory=list)
+    other: list[str] = dataclasses.field(default_factory=list)
+    casts: list[CastIssue] = dataclasses.field(default_factory=list)
+    prefixes: list[Operand] = dataclasses.field(default_factory=list)
+    partial: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    alternatives: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+
+
+def _or_columns(p: Predicate, alias: str | None, own: bool) -> tuple[str, ...] | None:
+    """The columns of an OR whose every branch an index on one of this relation's
+    columns serves (``a = 1 OR b > 2`` → ``("a", "b")``); ``None`` otherwise."""
+    if p.kind != OTHER:
+        return None
+    branches = split_top_level(strip_parens(tokenize(p.text)), "OR")
+    if len(branches) < 2:
+        return None
+    columns: list[str] = []
+    for branch in branches:
+        sub = parse_predicate(branch)
+        key = sub.key_for(alias, own=own) if sub.left is not None else None
+        if not sub.indexable or key is None or key.column is None or key.casts:
+            return None
+        if key.column.name not in columns:
+            columns.append(key.column.name)
+    return tuple(columns)
+
+
 def _classify(
-    predicates: Sequence[Predicate], alias: str | None, own: bool
-) -> tuple[list[Operand], list[Operand], list[str]]:
-    eq: list[Operand] = []
-    rng: list[Operand] = []
-    other: list[str] = []
+    predicates: Sequence[Predicate],
+    alias: str | None,
+    own: bool,
+    table: TableInfo | None = None,
+) -> _Classified:
+    out = _Classified()
     for p in predicates:
-        key = p.key_for(alias, own=own) if p.indexable else None
+        key = p.key_for(alias, own=own) if p.left is not None else None
+        if key is not None and key.column is not None and key.casts:
+            col = table.column(key.column.name) if table is not None else None
+            col_type = (col.base_type or col.type) if col is not None else None
+            if not harmless_casts(key.casts, col_type):
+                out.casts.append(CastIssue(key.column.name, key.casts, col_type, p.text, p.kind))
+                continue
+        if key is not None and key.column is not None and p.constant_free:
+            out.partial.append((key.column.name, render(_without_qualifiers(tokenize(p.text)))))
+        if p.kind == NOT_NULL:
+            continue
+        if key is not None and key.column is not None and p.like_prefix is not None:
+            out.prefixes.append(key)
+            continue
+        if not p.indexable:
+            key = None
         if key is None:
             mentions = p.left is not None and p.left.mentions(alias, own=own)
             if mentions or p.kind == OTHER:
-                other.append(p.text)
+                out.other.append(p.text)
+                either = _or_columns(p, alias, own)
+                if either is not None:
+                    out.alternatives.append(either)
             continue
-        if p.kind in (EQUALITY, IN_LIST, IS_NULL):
-            eq.append(key)
+        if p.kind in (EQUALITY, IN_LIST, IS_NULL, BOOLEAN):
+            out.eq.append(key)
         else:
-            rng.append(key)
-    return eq, rng, other
+            out.rng.append(key)
+    return out
 
 
 def _dedupe(operands: Sequence[Operand], exclude: Sequence[Operand] = ()) -> tuple[Operand, ...]:
@@ -702,10 +880,12 @@ def _dedupe(operands: Sequence[Operand], exclude: Sequence[Operand] = ()) -> tup
 
 
 def _top_n(
-    node: PlanNode, ancestors: Sequence[PlanNode]
-) -> tuple[tuple[SortColumn, ...], PlanNode | None]:
+    node: PlanNode, ancestors: Sequence[PlanNode], catalog: CatalogSnapshot | None = None
+) -> tuple[tuple[SortColumn, ...], PlanNode | None, bool]:
     """Sort columns (all of ``node``'s relation) and the Limit above them, if the chain
-    is Limit → [pass-through …] → Sort → [pass-through …] → node."""
+    is Limit → [pass-through …] → Sort → [pass-through …] → node; or, when ``node`` is
+    an index scan read in its index's order right under the Limit, that index's key
+    columns (the third value is then ``True``)."""
     sort_node: PlanNode | None = None
     for a in ancestors:
         if a.node_type in ("Sort", "Incremental Sort") and sort_node is None:
@@ -713,15 +893,49 @@ def _top_n(
             continue
         if a.node_type == "Limit":
             if sort_node is None:
-                return (), None
+                order = _index_order(node, catalog)
+                return (order, a, True) if order else ((), None, False)
             cols = tuple(parse_sort_key(k) for k in sort_node.sort_key)
             own = node.schema is None
             if cols and all(c.operand.belongs_to(node.alias, own=own) for c in cols):
-                return cols, a
-            return (), None
+                return cols, a, False
+            return (), None, False
         if a.node_type not in PASS_THROUGH:
-            return (), None
-    return (), None
+            return (), None, False
+    return (), None, False
+
+
+def _index_order(node: PlanNode, catalog: CatalogSnapshot | None) -> tuple[SortColumn, ...]:
+    """The order a full index scan returns rows in: its index's key columns."""
+    if (
+        catalog is None
+        or node.node_type not in ("Index Scan", "Index Only Scan")
+        or node.index_cond
+        or not node.index_name
+    ):
+        return ()
+    index = next(
+        (
+            i
+            for i in catalog.indexes
+            if i.name == node.index_name and (node.schema is None or i.schema == node.schema)
+        ),
+        None,
+    )
+    if index is None or index.method != "btree":
+        return ()
+    backward = node.scan_direction == "Backward"
+    out = []
+    for c in index.key_columns:
+        ref = ColumnRef(None, c.name) if c.name is not None else None
+        operand = Operand(
+            c.definition,
+            column=ref,
+            expression=None if ref is not None else c.definition,
+            refs=frozenset({ref}) if ref is not None else frozenset(),
+        )
+        out.append(SortColumn(operand, c.descending != backward, c.nulls_first != backward))
+    return tuple(out)
 
 
 def _join_above(
@@ -744,9 +958,10 @@ def _join_candidate(
     ancestors: Sequence[PlanNode],
     relation_rows: float,
     max_fraction: float,
-) -> tuple[list[Operand], float, float, list[str]] | None:
-    """``(join key columns, loops, join rows per loop, conditions)`` when ``node`` is a
-    full scan feeding a join that keeps few of its rows."""
+) -> tuple[list[Operand], float, float, list[str], bool] | None:
+    """``(join key columns, loops, join rows per loop, conditions, lookup side)`` when
+    ``node`` is a full scan feeding a join that keeps few of its rows; lookup side:
+    the inner side of a nested loop, which could look each outer row's match up."""
     join, side = _join_above(node, ancestors)
     if join is None or not _is_full_scan(node):
         return None
@@ -761,12 +976,13 @@ def _join_candidate(
     if not columns:
         return None
     outer_rows = 1.0
-    if join.node_type == "Nested Loop" and len(join.children) == 2 and side is join.children[1]:
+    inner = join.node_type == "Nested Loop" and len(join.children) == 2 and side is join.children[1]
+    if inner:
         outer_rows = max(1.0, join.children[0].plan_rows)
     rows_per_loop = join.plan_rows / outer_rows
     if rows_per_loop > max_fraction * relation_rows:
         return None
-    return columns, outer_rows, rows_per_loop, conds
+    return columns, outer_rows, rows_per_loop, conds, inner
 
 
 def find_unindexed_scans(
@@ -795,18 +1011,17 @@ def find_unindexed_scans(
         pattern: str | None = None
         conditions: list[str] = []
 
+        table = catalog.table(node.schema, node.relation) if catalog and node.relation else None
         # What the scan's index already serves (Index Cond, bitmap conditions).
         served: list[Operand] = []
         served_range: list[Operand] = []
         for cond in (node.index_cond, node.recheck_cond):
-            e, r, _ = _classify(parse_conjuncts(cond), node.alias, True)
-            served += e
-            served_range += r
-        eq: list[Operand] = []
-        rng: list[Operand] = []
-        other: list[str] = []
+            got = _classify(parse_conjuncts(cond), node.alias, True, table)
+            served += got.eq
+            served_range += got.rng
+        found_here = _Classified()
         if node.filter:
-            eq, rng, other = _classify(parse_conjuncts(node.filter), node.alias, own)
+            found_here = _classify(parse_conjuncts(node.filter), node.alias, own, table)
             conditions.append(node.filter)
             if (
                 examined is not None
@@ -814,21 +1029,28 @@ def find_unindexed_scans(
                 and returned <= max_fraction * examined
             ):
                 pattern = "filter"
+        eq, rng = found_here.eq, found_here.rng
 
-        sort, limit = _top_n(node, ancestors)
+        sort, limit, index_order = _top_n(node, ancestors, catalog)
         if limit is not None and _is_full_scan(node):
-            if pattern is None and not node.filter and limit.plan_rows <= max_fraction * rel_rows:
+            if pattern is None and not index_order and limit.plan_rows <= max_fraction * rel_rows:
+                # Limit over Sort: every row (that passes the filter) is sorted to
+                # return a few; an index in the sort order lets the scan stop early.
                 pattern = "top-n"
                 examined, returned = rel_rows, limit.plan_rows
             conditions.append("ORDER BY " + ", ".join(sort_keys(sort)))
 
         joined = _join_candidate(node, ancestors, rel_rows, max_fraction)
         if joined is not None:
-            join_cols, join_loops, join_rows, join_conds = joined
-            pattern = "join"
-            eq = [*join_cols, *eq]
-            examined, returned, loops = rel_rows, join_rows, join_loops
-            conditions[:0] = join_conds
+            join_cols, join_loops, join_rows, join_conds, lookup_side = joined
+            # A hash or merge join reads its inputs once: when the scan's own filter is
+            # selective, that filter is what to index; the join key only helps the
+            # inner side of a nested loop (or a join the planner could turn into one).
+            if lookup_side or pattern != "filter":
+                pattern = "join"
+                eq = [*join_cols, *eq]
+                examined, returned, loops = rel_rows, join_rows, join_loops
+                conditions[:0] = join_conds
 
         if pattern is None or examined is None:
             continue
@@ -847,13 +1069,17 @@ def find_unindexed_scans(
                 equality=equality,
                 ranges=_dedupe(rng, [*served, *equality]),
                 sort=sort if limit is not None else (),
-                unindexable=tuple(other),
+                unindexable=tuple(found_here.other),
                 conditions=tuple(conditions),
                 index_used=node.index_name or _bitmap_index(node),
                 served=_dedupe(served),
                 served_ranges=_dedupe(served_range, served),
                 has_limit=limit is not None,
                 analyzed=node.analyzed,
+                casts=tuple(found_here.casts),
+                prefixes=_dedupe(found_here.prefixes, [*served, *equality]),
+                partial=tuple(found_here.partial),
+                either=tuple(found_here.alternatives),
             )
         )
     return found
@@ -923,7 +1149,7 @@ def red_flags(
                 "factor": round(factor, 1),
             }
         )
-        if worst is None or factor > worst[0]:
+        if worst is None or _worse(factor, node, worst):
             worst = (factor, node)
     if worst is not None:
         factor, node = worst
@@ -994,13 +1220,30 @@ def red_flags(
     return findings
 
 
+def _worse(factor: float, node: PlanNode, worst: tuple[float, PlanNode]) -> bool:
+    """Whether ``node`` is the one to blame over ``worst``: a larger factor, or about
+    the same (within 1 %) on a scan or a node below it (nodes that only pass rows on,
+    like a Sort, inherit the estimate of the node under them; the walk goes depth
+    first, so a later node of the same factor is below or beside the earlier one)."""
+    best, other = worst
+    if factor > best * 1.01:
+        return True
+    if factor < best / 1.01:
+        return False
+    return node.is_scan or not other.is_scan
+
+
 def _work_mem_for(kb: float) -> str:
     mb = max(4, 2 ** math.ceil(math.log2(max(kb, 1.0) / 1024.0)))
     return f"{mb}MB" if mb < 1024 else f"{mb // 1024}GB"
 
 
 def _misestimate_advice(node: PlanNode) -> str:
-    table = f"{node.schema}.{node.relation}" if node.schema and node.relation else node.relation
+    from dbprobe.analysis.catalog import qualified, quote_ident
+
+    table: str | None = None
+    if node.relation:
+        table = qualified(node.schema, node.relation) if node.schema else quote_ident(node.relation)
     preds = parse_conjuncts(node.filter or node.index_cond)
     cols = sorted(
         {
@@ -1009,10 +1252,10 @@ def _misestimate_advice(node: PlanNode) -> str:
             if p.kind in (EQUALITY, IN_LIST) and p.left is not None and p.left.column is not None
         }
     )
-    if table and len(cols) >= 2:
-        from dbprobe.analysis.catalog import quote_ident
-
+    if table and node.relation and len(cols) >= 2:
         name = quote_ident(f"{node.relation}_{'_'.join(cols)}_stats"[:63])
+        if node.schema:
+            name = f"{quote_ident(node.schema)}.{name}"
         col_list = ", ".join(quote_ident(c) for c in cols)
         return (
             f"The filter combines correlated columns; tell the planner: CREATE STATISTICS "

@@ -179,11 +179,13 @@ def run_audit(
         t0 = time.perf_counter()
         sink.step("reading the catalog and statistics")
         snapshot: CatalogSnapshot | None = None
+        catalog_error: str | None = None
         try:
             snapshot = read_snapshot(conn)
         except psycopg.Error as exc:
             _recover(conn)
             report.add(_skipped("catalog checks", exc))
+            catalog_error = _first_line(exc)
         timings["catalog"] = _ms(t0)
 
         # 2. the heaviest statements, explained once each
@@ -201,6 +203,7 @@ def run_audit(
             ),
             snapshot=snapshot,
             real_conn=real_conn,
+            catalog_error=catalog_error,
         )
         statement_metrics = _explain_top_statements(conn, analyzer, opts, report, sink)
         timings["statements"] = _ms(t0)

@@ -28,9 +28,16 @@ import psycopg
 from psycopg import sql as psql
 
 from dbprobe.analysis.sqltext import is_explainable, placeholder_style
+from dbprobe.audit.catalog import MARKER
 from dbprobe.errors import DbprobeError
 
 log = logging.getLogger("dbprobe.audit")
+
+# Every statement the runner sends carries the marker (after the first word:
+# pg_stat_statements on PostgreSQL 18 drops leading comments), so the audit can
+# recognise its own entries in pg_stat_statements when the role may not switch
+# tracking off.
+MARKER_SET = f"SET {MARKER}"
 
 
 class ExplainError(DbprobeError):
@@ -41,9 +48,10 @@ class ExplainError(DbprobeError):
     normalisation), ``missing-relation`` or ``error``.
     """
 
-    def __init__(self, message: str, kind: str = "error") -> None:
+    def __init__(self, message: str, kind: str = "error", sqlstate: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        self.sqlstate = sqlstate
 
 
 Params = Mapping[str, Any] | Sequence[Any] | None
@@ -134,7 +142,7 @@ class ExplainRunner:
             with self.conn.transaction(force_rollback=True):
                 if self.statement_timeout_ms is not None:
                     self.conn.execute(
-                        psql.SQL("SET LOCAL statement_timeout = {}").format(
+                        psql.SQL(MARKER_SET + " LOCAL statement_timeout = {}").format(
                             psql.Literal(int(self.statement_timeout_ms))
                         )
                     )
@@ -154,7 +162,7 @@ class ExplainRunner:
 
     # -- forms ----------------------------------------------------------------------------
     def _bound(self, sql: str, params: Params, style: str, options: list[str]) -> Any:
-        text = f"EXPLAIN ({', '.join(options)}) {sql}"
+        text = f"EXPLAIN {MARKER} ({', '.join(options)}) {sql}"
         if params is None:
             row = self.conn.execute(text.encode()).fetchone()
         elif style == "dollar":
@@ -169,23 +177,25 @@ class ExplainRunner:
 
     def _generic(self, sql: str, options: list[str], prepared: list[str]) -> Any:
         if self.native_generic_plan:
-            text = f"EXPLAIN ({', '.join(['GENERIC_PLAN', *options])}) {sql}"
+            text = f"EXPLAIN {MARKER} ({', '.join(['GENERIC_PLAN', *options])}) {sql}"
             row = self.conn.execute(text.encode()).fetchone()
             assert row is not None
             return row[0]
         name = self._prepared_name
-        self.conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        self.conn.execute(f"PREPARE {name} AS {sql}".encode())
+        self.conn.execute(f"{MARKER_SET} LOCAL plan_cache_mode = force_generic_plan")
+        self.conn.execute(f"PREPARE {MARKER} {name} AS {sql}".encode())
         prepared.append(name)
         row = self.conn.execute(
-            "/* dbprobe-audit */ SELECT cardinality(parameter_types) "
+            "SELECT /* dbprobe-audit */ cardinality(parameter_types) "
             "FROM pg_prepared_statements WHERE name = %s",
             (name,),
         ).fetchone()
         nparams = int(row[0]) if row and row[0] is not None else 0
         args = ", ".join(["NULL"] * nparams)
         call = f"EXECUTE {name}" + (f"({args})" if nparams else "")
-        row = self.conn.execute(f"EXPLAIN ({', '.join(options)}) {call}".encode()).fetchone()
+        row = self.conn.execute(
+            f"EXPLAIN {MARKER} ({', '.join(options)}) {call}".encode()
+        ).fetchone()
         assert row is not None
         return row[0]
 
@@ -193,7 +203,7 @@ class ExplainRunner:
         # PREPARE is not transactional: the statement outlives the rollback, so it is
         # removed here, after the (rolled-back) transaction block.
         try:
-            self.conn.execute(f"DEALLOCATE {name}".encode())
+            self.conn.execute(f"DEALLOCATE {MARKER} {name}".encode())
         except psycopg.Error:
             log.debug("DEALLOCATE %s failed", name, exc_info=True)
             self._renames += 1
@@ -217,15 +227,17 @@ def _explain_error(exc: psycopg.Error, *, generic: bool = False) -> ExplainError
     diag = getattr(exc, "diag", None)
     first = (getattr(diag, "message_primary", None) or str(exc)).strip().splitlines()[0]
     if sqlstate == "42501":
-        return ExplainError(f"missing privilege: {first}", "privilege")
+        return ExplainError(f"missing privilege: {first}", "privilege", sqlstate)
     if sqlstate == "57014":
-        return ExplainError(f"cancelled by statement_timeout: {first}", "timeout")
+        return ExplainError(f"cancelled by statement_timeout: {first}", "timeout", sqlstate)
     if sqlstate == "55P03":
-        return ExplainError(f"lock not available within lock_timeout: {first}", "timeout")
+        return ExplainError(f"lock not available within lock_timeout: {first}", "timeout", sqlstate)
     if sqlstate == "25006":
-        return ExplainError(f"the session is read-only: {first}", "privilege")
+        return ExplainError(f"the session is read-only: {first}", "privilege", sqlstate)
     if sqlstate == "42P01":
-        return ExplainError(first, "missing-relation")
+        return ExplainError(first, "missing-relation", sqlstate)
     if generic and sqlstate in _GENERIC_TEXT_ERRORS:
-        return ExplainError(f"cannot be planned without parameter values: {first}", "generic")
-    return ExplainError(first)
+        return ExplainError(
+            f"cannot be planned without parameter values: {first}", "generic", sqlstate
+        )
+    return ExplainError(first, sqlstate=sqlstate)

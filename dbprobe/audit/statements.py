@@ -137,7 +137,8 @@ def top_statements(
     query = psql.SQL(
         marked(
             """SELECT max(s.queryid), s.query, sum(s.calls)::int8, sum(s.{total})::float8,
-       sum(s.rows)::int8, sum(s.shared_blks_hit)::int8, sum(s.shared_blks_read)::int8
+       sum(s.rows)::int8, sum(s.shared_blks_hit)::int8, sum(s.shared_blks_read)::int8,
+       count(*)::int8
 FROM {schema}.pg_stat_statements s
 WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) {toplevel}
   AND s.query NOT LIKE '%/* dbprobe-%'
@@ -154,9 +155,10 @@ ORDER BY sum(s.{total}) DESC
     hidden = 0
     with conn.cursor() as cur:
         cur.execute(query)
-        for queryid, text, n_calls, total_ms, rows, hit, read in cur:
+        for queryid, text, n_calls, total_ms, rows, hit, read, entries in cur:
             if text == HIDDEN_TEXT:
-                hidden += 1
+                # every hidden entry reads the same text: they are merged into one row
+                hidden += int(entries or 0)
                 continue
             if len(out) >= limit or not is_explainable(text):
                 continue

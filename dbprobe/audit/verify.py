@@ -24,12 +24,15 @@ from psycopg import sql as psql
 
 from dbprobe.analysis.index_advice import IndexAdvice, Verification
 from dbprobe.analysis.plans import parse_plan, summarize
-from dbprobe.audit.catalog import marked
+from dbprobe.audit.catalog import marked, statement_scope
 from dbprobe.audit.runner import ExplainError, ExplainRunner, Params
 
 log = logging.getLogger("dbprobe.audit")
 
 VERIFY_MODES = ("auto", "hypopg", "real", "none")
+
+BUILD_LOCK_TIMEOUT_MS = 100
+"""How long a real-index verification waits for its SHARE lock on the table (ms)."""
 
 
 class IndexVerifier(Protocol):
@@ -73,18 +76,21 @@ class HypopgVerifier:
         start = time.perf_counter()
         schema = psql.Identifier(self.schema)
         try:
-            row = conn.execute(
-                psql.SQL(marked("SELECT indexrelid FROM {}.hypopg_create_index(%s)")).format(
-                    schema
-                ),
-                (advice.plain_statement,),
-            ).fetchone()
+            # A savepoint when the caller is inside a transaction: a refused index
+            # must not abort (let alone roll back) the caller's work.
+            with statement_scope(conn):
+                row = conn.execute(
+                    psql.SQL(marked("SELECT indexrelid FROM {}.hypopg_create_index(%s)")).format(
+                        schema
+                    ),
+                    (advice.plain_statement,),
+                ).fetchone()
         except psycopg.Error as exc:
-            _recover(conn)
             return Verification(
                 "none",
                 cost_before,
                 reason=f"hypopg could not create the index: {_first_line(exc)}",
+                rejected=refused_definition(getattr(exc, "sqlstate", None)),
             )
         assert row is not None
         oid = int(row[0])
@@ -94,11 +100,11 @@ class HypopgVerifier:
             return Verification("none", cost_before, reason=f"re-planning failed: {exc}")
         finally:
             try:
-                conn.execute(
-                    psql.SQL(marked("SELECT {}.hypopg_drop_index(%s)")).format(schema), (oid,)
-                )
+                with statement_scope(conn):
+                    conn.execute(
+                        psql.SQL(marked("SELECT {}.hypopg_drop_index(%s)")).format(schema), (oid,)
+                    )
             except psycopg.Error:
-                _recover(conn)
                 log.debug("hypopg_drop_index(%s) failed", oid, exc_info=True)
         prefix = f"<{oid}>"
         return Verification(
@@ -109,6 +115,22 @@ class HypopgVerifier:
             plan_after=tuple(summarize(plan)),
             elapsed_ms=(time.perf_counter() - start) * 1000.0,
         )
+
+
+def refused_definition(sqlstate: str | None) -> bool:
+    """Whether an error creating an index means the definition itself is impossible
+    (an expression that is not IMMUTABLE, an operator class the type lacks, ...):
+    SQLSTATE class 42 (syntax error or access rule violation) other than a missing
+    privilege or relation."""
+    return (
+        bool(sqlstate)
+        and str(sqlstate).startswith("42")
+        and sqlstate
+        not in (
+            "42501",
+            "42P01",
+        )
+    )
 
 
 class RealIndexVerifier:
@@ -126,11 +148,31 @@ class RealIndexVerifier:
         start = time.perf_counter()
         try:
             plan = parse_plan(
-                self.runner.explain(sql, params, setup=[marked(advice.plain_statement)])
+                self.runner.explain(
+                    sql,
+                    params,
+                    setup=[
+                        # CREATE INDEX needs a SHARE lock: give up at once when an open
+                        # transaction wrote to the table (a test's own, in the pytest
+                        # plugin) rather than wait the session's lock_timeout for each
+                        # proposal
+                        marked(f"SET LOCAL lock_timeout = {BUILD_LOCK_TIMEOUT_MS}"),
+                        marked(advice.plain_statement),
+                    ],
+                )
             )
         except ExplainError as exc:
+            reason = f"building the index to verify it failed: {exc}"
+            if exc.sqlstate == "55P03":
+                reason = (
+                    "the index could not be built to verify it: another session holds a "
+                    "lock on the table (an open transaction that wrote to it)"
+                )
             return Verification(
-                "none", cost_before, reason=f"building the index to verify it failed: {exc}"
+                "none",
+                cost_before,
+                reason=reason,
+                rejected=refused_definition(exc.sqlstate),
             )
         return Verification(
             "real-index",
@@ -146,12 +188,6 @@ def _first_line(exc: BaseException) -> str:
     diag = getattr(exc, "diag", None)
     text = getattr(diag, "message_primary", None) or str(exc)
     return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-
-
-def _recover(conn: psycopg.Connection[Any]) -> None:
-    """Leave a failed transaction (non-autocommit callers) so the session stays usable."""
-    if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-        conn.rollback()
 
 
 def hypopg_schema(conn: psycopg.Connection[Any]) -> str | None:

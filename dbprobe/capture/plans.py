@@ -3,7 +3,9 @@
 Each distinct captured SELECT, UPDATE and DELETE is explained once per database with
 the parameters it really ran with, by the audit's :class:`~dbprobe.audit.explain.
 StatementAnalyzer` (plan analysis, index advice, verification with hypopg or, when
-``explain_verify = "real"``, a real index built in a rolled-back transaction). Its
+``explain_verify = "real"``, a real index built in a rolled-back transaction). The
+session is read-only (``default_transaction_read_only``) except with
+``explain_verify = "real"``. Its
 ``unindexed-lookup`` findings are reported against the test and the application line
 that ran the statement. Results are cached per (database, statement fingerprint) for
 the session, so a statement shared by many tests costs one EXPLAIN.
@@ -49,9 +51,11 @@ class CapturedPlanAnalysis:
         from dbprobe.urls import parse_url
 
         try:
+            # read-only unless real-index verification must build (and roll back) indexes
             conn = connect(
                 parse_url(url), application_name="dbprobe-explain", connect_timeout=10,
                 statement_timeout_ms=STATEMENT_TIMEOUT_MS, lock_timeout_ms=1000,
+                read_only=verify != "real",
             )  # fmt: skip
         except Exception as exc:
             log.warning(

@@ -50,6 +50,7 @@ def build_shop(server: PostgresServer) -> str:
             seed.build(conn, "small")
     finally:
         engine.dispose()
+    server.settle(name)  # as shop_template: fresh statistics, autovacuum stays quiet
     return name
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audit_support import AuditedShop
@@ -207,3 +208,79 @@ def test_explain_analyze_refuses_to_write(cli_shop: AuditedShop) -> None:
         "--param", "1", "--analyze",
     )  # fmt: skip
     assert_one_line_error(result, "read-only")
+
+
+# -- options take effect ------------------------------------------------------------------------
+
+
+def audit_json(url: str, *args: str) -> dict[str, Any]:
+    result = run_cli("-q", "audit", url, "--format", "json", "--fail-on", "never", *args)
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    validate_report(doc)
+    return doc
+
+
+def rules_of(doc: dict[str, Any]) -> set[str]:
+    return {str(f["rule"]) for f in doc["findings"]}
+
+
+def test_top_and_min_rows_take_effect(cli_shop: AuditedShop) -> None:
+    url = cli_shop.server.url(cli_shop.database)
+    everything = audit_json(url, "--no-coldstart")
+    assert everything["metrics"]["audit"]["statements"]["considered"] > 1
+    assert "unindexed-lookup" in rules_of(everything)
+    one = audit_json(url, "--no-coldstart", "--top", "1")
+    assert one["metrics"]["audit"]["statements"]["considered"] == 1
+    # stock_movements (20,000 rows) is the only table over the default 10,000
+    big = audit_json(url, "--no-coldstart", "--min-rows", "30000")
+    assert not rules_of(big) & {"unindexed-lookup", "seq-scan-heavy-table"}
+    assert "fk-missing-index" in rules_of(big)  # not a size rule
+
+
+def test_schema_options_take_effect(cli_shop: AuditedShop) -> None:
+    url = cli_shop.server.url(cli_shop.database)
+    for args in (["--schema", "other"], ["--exclude-schema", "public"]):
+        doc = audit_json(url, "--no-coldstart", *args)
+        assert doc["findings"] == [], (args, doc["findings"])
+        assert doc["metrics"]["audit"]["statements"]["explained"] >= 1  # statements still ran
+    only_public = audit_json(url, "--no-coldstart", "--schema", "pub*")
+    assert {"fk-missing-index", "unindexed-lookup"} <= rules_of(only_public)
+
+
+def test_timeouts_take_effect(cli_shop: AuditedShop) -> None:
+    url = cli_shop.server.url(cli_shop.database)
+    doc = audit_json(url, "--no-coldstart", "--timeout", "1ms")
+    skipped = [f for f in doc["findings"] if f["rule"] == "check-skipped"]
+    assert skipped, doc["findings"]
+    assert all(f["severity"] == "info" for f in skipped)
+    assert any(
+        f["evidence"].get("sqlstate") == "57014" or "timeout" in f["evidence"].get("failures", {})
+        for f in skipped
+    ), skipped
+    assert "statement_timeout=1 ms" in " ".join(doc["notes"])
+    bounded = audit_json(url, "--no-coldstart", "--timeout", "3s", "--lock-timeout", "250ms")
+    assert "statement_timeout=3000 ms, lock_timeout=250 ms" in " ".join(
+        doc["notes"] + bounded["notes"]
+    )
+
+
+def test_html_and_sarif_formats(cli_shop: AuditedShop, tmp_path: Path) -> None:
+    import jsonschema
+
+    url = cli_shop.server.url(cli_shop.database)
+    html = run_cli("-q", "audit", url, "--no-coldstart", "--format", "html", "--fail-on", "never")
+    assert html.returncode == 0, html.stderr
+    assert html.stdout.lstrip().lower().startswith("<!doctype html")
+    assert "ix_stock_movements_reference" in html.stdout
+    out = tmp_path / "audit.sarif"
+    sarif = run_cli(
+        "-q", "audit", url, "--no-coldstart", "--format", "sarif", "--output", str(out),
+        "--fail-on", "never",
+    )  # fmt: skip
+    assert sarif.returncode == 0, sarif.stderr
+    doc = json.loads(out.read_text())
+    schema = json.loads((REPO / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(doc)
+    rule_ids = {r["ruleId"] for run in doc["runs"] for r in run["results"]}
+    assert {"fk-missing-index", "unindexed-lookup"} <= rule_ids

@@ -633,3 +633,39 @@ def test_plugin_on_sqlite(tester: pytest.Pytester) -> None:
     assert "explain" not in finding["evidence"] or "error" in finding["evidence"]["explain"]
     stats = document["metrics"]["capture"]["tests"]["test_sqlite.py::test_books_authors"]
     assert stats["statements"] == 6
+
+
+MARKED_LOOKUPS = """
+import pytest
+from conftest import run_flow
+
+@pytest.mark.dbprobe(explain=True)
+def test_marked_lookup(session):
+    run_flow("unindexed-stock-reference", session)
+
+def test_unmarked_lookup(session):
+    run_flow("unindexed-stock-reference", session)
+
+def test_explain_session_is_read_only():
+    # runs last: the plugin's EXPLAIN session was opened for test_marked_lookup
+    from dbprobe.capture.plans import PLANS
+
+    sessions = [db for db in PLANS._databases.values() if db is not None]
+    assert sessions
+    for db in sessions:
+        row = db.conn.execute("SHOW default_transaction_read_only").fetchone()
+        assert row == ("on",)
+"""
+
+
+def test_explain_marker_and_read_only_session(tester: pytest.Pytester) -> None:
+    """``@pytest.mark.dbprobe(explain=True)`` explains one test's statements without
+    --dbprobe-explain; the others are not explained; the EXPLAIN session is read-only."""
+    tester.makepyfile(test_marked=MARKED_LOOKUPS)
+    result = tester.runpytest("test_marked.py", "--dbprobe", "--dbprobe-report", "r.json")
+    result.assert_outcomes(passed=3)
+    found = _by_test(_report(tester.path / "r.json"))
+    marked = [f for f in found.get("test_marked_lookup", []) if f["rule"] == "unindexed-lookup"]
+    assert len(marked) == 1 and "(reference)" in marked[0]["recommendation"]
+    unmarked = found.get("test_unmarked_lookup", [])
+    assert not [f for f in unmarked if f["rule"] == "unindexed-lookup"]
