@@ -132,3 +132,23 @@ def test_random_walk_memory_is_not_a_trend_but_a_leak_is() -> None:
     # a steady leak under noise (and a little autocorrelation) is still found
     leaks = [[0.3 * i + v for i, v in enumerate(_ar1(60, 0.5, rng))] for _ in range(50)]
     assert _false_trend_rate(leaks, _blocked_finds) >= 0.9
+
+
+def test_a_leak_that_stalls_is_still_growth_and_a_random_walk_is_not() -> None:
+    # A connection leak on a loaded machine: a staircase that stalls for a third of the
+    # soak, then resumes. Detrended by one line its residuals are one long excursion
+    # (lag-1 autocorrelation ~0.9), too few effective samples for the block test; but it
+    # never steps down, which noise does half of the time.
+    times = [0.05 * i for i in range(60)]
+    stalled = [float(min(i, 20) + max(0, i - 40)) // 1 for i in range(60)]
+    g = growth("checked_out", times, stalled, min_growth=2)
+    assert g.growing, g.reason
+    assert "almost monotonically" in g.reason
+    rng = random.Random(21)
+    found = 0
+    for _ in range(200):
+        walk = [0.0]
+        for _ in range(59):
+            walk.append(walk[-1] + rng.gauss(0.0, 1.0))
+        found += growth("rss_bytes", times, walk, min_growth=0.0).growing
+    assert found / 200 <= 0.03

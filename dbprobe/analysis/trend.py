@@ -9,6 +9,7 @@ series are first reduced to at most :data:`MAX_POINTS` bucket medians. Pure func
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -292,6 +293,13 @@ class Growth:
         }
 
 
+MONOTONE_MIN_POINTS = 20
+MONOTONE_MAX_DOWN_SHARE = 0.05
+"""A series of at least 20 points that steps down at most 5% of the time, and rises
+significantly by plain Mann–Kendall, climbs almost monotonically: a leak whose rate
+varies (stalls, bursts) leaves residuals too autocorrelated for the block test, but
+noise, even a random walk, does not climb like that (half its steps go down)."""
+
 MIN_POINTS = 8
 """Fewer points than this cannot show a significant trend; the verdict says so."""
 
@@ -330,7 +338,22 @@ def growth(
     total = slope * span
     start_value = intercept + slope * xs[0]
     end_value = intercept + slope * xs[-1]
-    if blocked.test is None:
+    steps = len(ys) - 1
+    down = sum(1 for a, b in itertools.pairwise(ys) if b < a)
+    plain = mann_kendall(ys)
+    monotone = (
+        len(ys) >= MONOTONE_MIN_POINTS
+        and down <= MONOTONE_MAX_DOWN_SHARE * steps
+        and plain.p_increasing < alpha
+    )
+    if monotone and (blocked.test is None or mk.p_increasing >= alpha) and total >= min_growth:
+        mk = plain
+        reason = (
+            f"grows {slope:.4g}/s over {span:.1f}s, almost monotonically ({down} of {steps} "
+            f"steps down, tau={plain.tau:.2f})"
+        )
+        growing = True
+    elif blocked.test is None:
         reason = (
             f"too autocorrelated to show a trend (lag-1 autocorrelation {blocked.lag1:.2f}: "
             f"{len(ys)} samples are worth about {blocked.effective_n:.1f} independent ones)"
