@@ -28,19 +28,27 @@ def fast(**overrides: Any) -> StressConfig:
     return StressConfig(**values)
 
 
-def pool_sessions(pg: PostgresServer) -> int:
-    """Sessions of pooled dbprobe connections (not the monitor) on the server."""
+def pool_sessions(pg: PostgresServer, include_monitor: bool = False) -> int:
+    """Sessions of pooled dbprobe connections on the server; with ``include_monitor``
+    the run's monitor connection and the leak checker's too (everything a pool run
+    opens)."""
     rows = pg.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dbprobe-pool-%'"
-        " AND application_name <> 'dbprobe-pool-monitor'"
+        "SELECT count(*) FROM pg_stat_activity WHERE (application_name LIKE 'dbprobe-pool-%'"
+        " AND application_name <> 'dbprobe-pool-monitor')"
+        + (
+            " OR application_name IN ('dbprobe-pool-monitor', 'dbprobe-leak-check')"
+            if include_monitor
+            else ""
+        )
     )
     return int(rows[0][0])
 
 
 def wait_no_sessions(pg: PostgresServer, timeout_s: float = 5.0) -> int:
+    """Wait until nothing a pool run opened (pools, monitor) is left on the server."""
     deadline = time.monotonic() + timeout_s
     while True:
-        left = pool_sessions(pg)
+        left = pool_sessions(pg, include_monitor=True)
         if left == 0 or time.monotonic() > deadline:
             return left
         time.sleep(0.05)

@@ -83,3 +83,13 @@ def test_sync_module_has_no_asyncpg_and_the_threaded_names() -> None:
     assert _sync.PsycopgAdapter.kind == "psycopg"
     text = (ROOT / "dbprobe" / "pool" / "_sync.py").read_text()
     assert "GENERATED" in text and "await " not in text
+
+
+def test_generated_docstrings_name_the_threaded_classes() -> None:
+    # the threaded SQLAlchemy adapter is an Engine with a QueuePool, not the asyncio
+    # AsyncEngine / AsyncAdaptedQueuePool its source describes
+    from dbprobe.pool import _sync
+
+    doc = _sync.SqlalchemyAdapter.__doc__ or ""
+    assert "``Engine``" in doc and "``QueuePool``" in doc
+    assert "Async" not in doc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import psycopg_pool
@@ -166,3 +167,45 @@ def test_asyncpg_pool_leak_with_an_acquire_timeout(pg: PostgresServer) -> None:
 def test_track_leaks_rejects_what_it_cannot_track() -> None:
     with pytest.raises(TypeError, match="track_leaks needs"), track_leaks(object()):
         pass
+
+
+def test_detached_sqlalchemy_connection_is_not_a_leak(pg: PostgresServer) -> None:
+    # Connection.detach() takes the connection out of the pool for good (its owner
+    # closes it): it is never checked in, and was reported as a leak.
+    engine = create_engine(pg.url(), pool_size=2, max_overflow=0)
+    try:
+        with track_leaks(engine) as scope:
+            conn = engine.connect()
+            conn.detach()
+            conn.execute(text("SELECT 1"))
+            conn.close()
+            leaked = engine.connect()  # the leak
+        assert scope.detached == 1
+        assert [lk.location for lk in scope.leaks] == [
+            f"tests/test_pool_leaks.py:{_line_of(test_detached_sqlalchemy_connection_is_not_a_leak, '# the leak')}"  # noqa: E501
+        ]
+        leaked.close()
+    finally:
+        engine.dispose()
+
+
+def test_leak_location_is_relative_from_any_directory(
+    pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from outside the project: the location, the fingerprint and the stack are
+    # relative to the file's project root (not /abs/path/...), and the stack holds the
+    # application's frames only (no pytest, pluggy or SQLAlchemy internals).
+    monkeypatch.chdir(tmp_path)
+    engine = create_engine(pg.url(), pool_size=2, max_overflow=0)
+    try:
+        with track_leaks(engine) as scope:
+            leaked = engine.connect()  # the leak
+        (finding,) = scope.findings()
+        line = _line_of(test_leak_location_is_relative_from_any_directory, "# the leak")
+        assert finding.location == f"tests/test_pool_leaks.py:{line}"
+        assert finding.fingerprint == f"connection-leak:tests/test_pool_leaks.py:{line}"
+        stack = finding.evidence["stack"]
+        assert stack and all(frame.startswith("tests/") for frame in stack)
+        leaked.close()
+    finally:
+        engine.dispose()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pool_helpers import (
     checked,
@@ -143,27 +144,67 @@ def test_cli_server_stopped_mid_run_exits_2_with_one_line() -> None:
     assert "went away" in errors[0]
 
 
-@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
-def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
+def _interrupt_after(pg: PostgresServer, args: list[str], marker: str) -> tuple[int, str]:
+    """Run the CLI, wait until stderr shows ``marker`` (a progress line: the probe is
+    measuring), send SIGINT; return the exit code and all of stderr."""
     proc = subprocess.Popen(
-        [*CLI, "pool", pg.dsn(), "--pool", kind, "--size", "2", "--overflow", "1",
-         "--step-seconds", "2", "--think-ms", "5"],
+        [*CLI, "pool", pg.dsn(), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
-    )  # fmt: skip
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        assert wait_sessions(pg), "the probe never connected"
-        time.sleep(0.3)
+        assert seen.wait(60), f"no {marker!r} on stderr: {''.join(lines)}"
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
+    return proc.returncode, "".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_ctrl_c_stops_cleanly_and_closes_every_connection(pg: PostgresServer, kind: str) -> None:
+    code, err = _interrupt_after(
+        pg,
+        ["--pool", kind, "--size", "2", "--overflow", "1", "--step-seconds", "1",
+         "--think-ms", "5"],
+        f"{kind} concurrency 1: 1/1",  # measuring: the first step is done
+    )  # fmt: skip
+    assert code == 130, f"exit {code}: {err}"
     assert "interrupted" in err
+    assert "Traceback" not in err
+    assert wait_no_sessions(pg) == 0
+
+
+@pytest.mark.parametrize("kind", ["sqlalchemy", "asyncpg"])
+def test_ctrl_c_shows_the_steps_measured_before_it(pg: PostgresServer, kind: str) -> None:
+    code, err = _interrupt_after(
+        pg,
+        ["--pool", kind, "--size", "2", "--overflow", "0", "--step-seconds", "0.3",
+         "--max-concurrency", "64", "--spike", "0"],
+        f"{kind} concurrency 2: 1/1",
+    )  # fmt: skip
+    assert code == 130, f"exit {code}: {err}"
+    done = [line for line in err.splitlines() if "before the interrupt" in line]
+    assert done, err
+    assert f"{kind} concurrency 1:" in done[0]
+    assert "q/s" in done[0] and "(n=" in done[0]
     assert "Traceback" not in err
     assert wait_no_sessions(pg) == 0
 
@@ -188,6 +229,36 @@ def test_cli_json_report(pg: PostgresServer, tmp_path: Path) -> None:
     assert doc["metrics"]["pool_run"]["config"]["concurrency_levels"] == [1, 2, 4]
     assert proc.stdout == ""
     assert "psycopg concurrency 4" in proc.stderr  # progress per step
+
+
+def test_cli_options_reach_the_run(
+    pg: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pool.json"
+    code = main(["-q", "pool", pg.dsn(), "--pool", "psycopg", "--size", "1", "--overflow", "1",
+                 "--step-seconds", "0.2", "--soak", "1", "--sample-interval", "0.1",
+                 "--instances", "50", "--spike", "3", "--server-cores", "4", "--spindles", "1",
+                 "--autocommit", "--format", "json", "--output", str(out)])  # fmt: skip
+    assert code in (0, 1), capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    validate_report(doc)
+    config = doc["metrics"]["pool_run"]["config"]
+    assert config["instances"] == 50
+    assert config["spike"] == 3
+    assert config["spindles"] == 1
+    assert config["soak_s"] == 1.0
+    assert config["sample_interval_s"] == 0.1
+    assert config["autocommit"] is True
+    assert doc["metrics"]["pool_run"]["server_cores"] == 4
+    tree = doc["metrics"]["pool"]["psycopg"]
+    assert tree["autocommit"] is True
+    assert tree["spike"]["requests"] == 3
+    assert len(tree["soak"]["series"]["t_s"]) >= 5
+    sizing = tree["verdict"]["sizing"]
+    assert sizing["formula_size"] == 9  # 4 cores × 2 + 1 spindle
+    assert sizing["fleet_connections"] == 100  # 50 instances × capacity 2
+    assert "pool-over-budget" in {f["rule"] for f in doc["findings"]}
+    assert wait_no_sessions(pg) == 0
 
 
 def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,34 +287,107 @@ def test_cli_table_shows_the_steps(pg: PostgresServer, capsys: pytest.CaptureFix
         (["--sql", "SELECT 1", "--scenario", "checkout"], "exclude each other"),
         (["--scenario", "nope", "--pool", "sqlalchemy"], "unknown scenario 'nope'"),
         (["--format", "yaml"], "invalid value for '--format'"),
+        (["--rate", "inf"], "--rate must be a finite number"),
+        (["--rate", "1e12"], "at most 1,000,000 requests/s"),
+        (["--rate", "500000", "--step-seconds", "10"], "arrivals in one step"),
+        (["--timeout", "inf"], "--timeout must be a finite number"),
+        (["--step-seconds", "nan"], "--step-seconds must be a finite number"),
+        (["--think-ms", "1e9"], "--think-ms 1e+09 holds each connection longer"),
+        (["--max-seconds", "inf"], "--max-seconds must be a finite number"),
+        (["--sample-interval", "inf"], "--sample-interval must be a finite number"),
+        (["--spike", "20000"], "over the ceiling of 1000"),
+        (["--max-concurrency", "5000"], "over the ceiling of 1000"),
+        (["--server-cores", "-3"], "--server-cores must be at least 1"),
+        (["--spindles", "-5"], "--spindles must be 0 or more"),
+        (["--max-seconds", "0.001", "--pool", "psycopg"], "before any pool ran"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
     pg: PostgresServer, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    sockets = open_sockets_to(pg.port)  # other tests' fixtures may hold some
+    started = time.perf_counter()
     code = main(["-q", "pool", pg.dsn(), "--step-seconds", "0.2", *args])
     err = capsys.readouterr().err
     assert code == 2, err
     (error,) = err.strip().splitlines()
     assert error.startswith("dbprobe")
     assert message.lower() in error.lower()
-    assert pool_sessions(pg) == 0
+    assert time.perf_counter() - started < 30  # refused up front, not after a long run
+    assert wait_no_sessions(pg) == 0  # the monitor too
+    assert open_sockets_to(pg.port) <= sockets
 
 
 def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
     import socket
 
+    # a port held bound but not listening for the whole run: nobody else can take it,
+    # and a connection to it is refused at once
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run(
-        [*CLI, "pool", f"postgresql://app:secret@127.0.0.1:{port}/db", "--pool", "psycopg"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-        check=False,
-    )
+        proc = subprocess.run(
+            [*CLI, "pool", f"postgresql://app:secret@127.0.0.1:{port}/db", "--pool", "psycopg"],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+            check=False,
+        )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("dbprobe: error: cannot reach")
     assert "secret" not in proc.stderr
+
+
+def test_psycopg_pool_refused_by_the_server_is_no_leak_and_not_graceful() -> None:
+    # The reproduction: a non-superuser role on a max_connections=12 server (9 slots for
+    # it), 4 taken by other clients. psycopg_pool retries a refused connection in the
+    # background and counts it in pool_size meanwhile: pool_size - pool_available said
+    # "1 connection still checked out" (a false connection-leak error), and the refusal,
+    # seen only as connections_errors in the pool's stats, was judged graceful.
+    with throwaway(max_connections=12) as server:
+        server.execute("CREATE ROLE pool_app LOGIN PASSWORD 'pool-app-secret'")
+        server.execute(f'GRANT ALL ON DATABASE "{server.database}" TO pool_app')
+        target = server.target(user="pool_app", password="pool-app-secret")
+        held = [psycopg.connect(target.libpq_dsn(), application_name="other-client")
+                for _ in range(4)]  # fmt: skip
+        try:
+            config = fast(
+                size=3, overflow=2, timeout_s=1.0, max_concurrency=10, steps=(2, 5, 10),
+                spike=0, allow_server_exhaustion=True,
+            )  # fmt: skip
+            doc = checked(stress(target, "psycopg", config=config))
+        finally:
+            for conn in held:
+                conn.close()
+        tree = doc["metrics"]["pool"]["psycopg"]
+        refused = sum(int(s["pool_stats"].get("connections_errors", 0)) for s in tree["steps"])
+        refused += int(tree["stats"].get("connections_errors", 0))
+        assert refused > 0
+        assert tree["checked_out_at_end"] == 0
+        assert tree["sessions_after_close"] == 0
+        rules = {f["rule"] for f in doc["findings"]}
+        assert "connection-leak" not in rules
+        assert "pool-degradation" in rules
+        degradation = next(f for f in doc["findings"] if f["rule"] == "pool-degradation")
+        assert "refused" in degradation["message"]
+        assert not tree["verdict"]["degradation"]["graceful"]
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "asyncpg"])
+def test_max_seconds_is_a_hard_cap_even_with_long_think_times(
+    pg: PostgresServer, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Think time of 15 s per request (allowed: under 10 × the 2 s timeout): the old
+    # drains waited max(5 s, 2 × timeout + 1 s + think) per phase whatever --max-seconds
+    # said; think time and drains now stop at the cap.
+    sockets = open_sockets_to(pg.port)  # other tests' fixtures may hold some
+    started = time.perf_counter()
+    code = main(["-q", "pool", pg.dsn(), "--pool", kind, "--size", "1", "--overflow", "0",
+                 "--think-ms", "15000", "--max-seconds", "3"])  # fmt: skip
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    assert elapsed < 15.0, f"took {elapsed:.1f}s"
+    assert wait_no_sessions(pg) == 0
+    assert open_sockets_to(pg.port) <= sockets

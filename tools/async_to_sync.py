@@ -48,6 +48,8 @@ ASYNC_ONLY = "async_only"
 WORDS = {
     "asyncio form": "threaded form",
     "asyncio tasks": "threads",
+    "``AsyncEngine``": "``Engine``",
+    "``AsyncAdaptedQueuePool``": "``QueuePool``",
 }
 
 HEADER = '''"""The load driver and the pool adapters, threaded form.

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dbprobe.analysis.trend import Growth, growth, mann_kendall
+from dbprobe.compare.stats import MIN_SAMPLES, mann_whitney_u
 from dbprobe.report.model import Distribution, Finding, Severity
 from dbprobe.rules import RULES
 
@@ -25,8 +26,17 @@ STILL_RISING = 1.1
 CLIENT_BOUND_CPU = 0.85
 """Client CPU (share of one core) at which the load generator is the bottleneck."""
 HOST_BOUND_CPU = 0.9
-"""Share of all the machine's cores busy at which a local server and the client are
-limited by the machine itself."""
+"""Share of all the client machine's cores busy at which the machine itself is the
+limit: the client (and a server on the same machine) compete for CPU."""
+POOL_BUSY_SHARE = 0.8
+"""Little's law: throughput × hold time at least this share of the capacity means the
+pool's connections were all in use."""
+HOLD_OUTSIDE_QUERY = 0.5
+"""A connection held mostly outside its query (think time, application work): the query
+is less than this share of the hold time."""
+OVERSIZED_ALPHA = 0.05
+"""Significance of the per-interval throughput drop from the knee to the capacity step
+that ``pool-oversized`` needs (one-sided Mann–Whitney)."""
 OPEN_LOOP_SHORTFALL = 0.9
 """An open-loop step completing less than this share of its offered rate fell behind."""
 TREND_ALPHA = 0.01
@@ -85,6 +95,16 @@ class StepView:
     backlog: int = 0
     late: int = 0
     host_cpu_busy: float | None = None
+    query_p50: float = math.nan
+    throughput_samples: tuple[float, ...] = ()
+    pool_refusals: int = 0
+    censored: int = 0
+    window_s: float = math.nan
+
+    @property
+    def hold_ms(self) -> float:
+        """Median time a request held its connection (response minus acquire wait)."""
+        return self.response_p50 - self.wait_p50
 
     @property
     def closed_loop(self) -> bool:
@@ -122,7 +142,31 @@ class StepView:
             host_cpu_busy=None
             if step.get("host_cpu_busy") is None
             else float(step["host_cpu_busy"]),
+            query_p50=_dist(step.get("query_latency"), "p50"),
+            throughput_samples=_samples(step.get("throughput")),
+            pool_refusals=pool_refusals(step.get("pool_stats")),
+            censored=int(step.get("censored") or 0),
+            window_s=_f(step.get("window_s")),
         )
+
+
+def _samples(d: Any) -> tuple[float, ...]:
+    if d is None:
+        return ()
+    raw = d.samples if isinstance(d, Distribution) else d.get("samples")
+    return tuple(float(v) for v in raw or ())
+
+
+def pool_refusals(stats: Mapping[str, Any] | None) -> int:
+    """Connection attempts the pool made on its own that failed (psycopg_pool's
+    ``connections_errors``: the server refused them, e.g. too many clients); 0 for pools
+    that do not count them."""
+    if not stats:
+        return 0
+    try:
+        return int(stats.get("connections_errors") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +205,14 @@ class Knee:
     """Where throughput stops growing with concurrency.
 
     concurrency: the knee (None when there is none in the tested range); limited_by:
-    ``client`` (the load generator ran out of CPU), ``host`` (the machine's cores were all
-    busy: client and a local server compete), ``pool`` (throughput grew until the pool
-    was full), ``server`` (throughput flattened with free connections and CPU to spare:
-    the database, its locks or the network is the limit); wait_growth_ms: how much
-    the median response time grew from the knee to the top step.
+    ``pool`` (throughput grew until the pool was full: throughput ≈ capacity ÷ hold
+    time), ``client`` (the load generator ran out of CPU somewhere on the plateau),
+    ``host`` (the client machine's cores were all busy on the plateau: client and a
+    local server compete, or the client's machine is saturated), ``server`` (throughput
+    flattened with free connections and CPU to spare: the database, its locks or the
+    network is the limit); wait_growth_ms: how much the median response time grew from
+    the knee to the top step; plateau_client_cpu / plateau_host_busy: the largest client
+    CPU (share of a core) and machine busy share over the steps at and above the knee.
     """
 
     concurrency: int | None
@@ -175,14 +222,37 @@ class Knee:
     limited_by: str | None
     wait_growth_ms: float
     reason: str
+    plateau_client_cpu: float = math.nan
+    plateau_host_busy: float | None = None
 
     def to_metrics(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def _pool_plateau(knee: StepView, capacity: int) -> float | None:
+    """Busy connections by Little's law (throughput × hold time) at a knee at or past
+    the capacity, when the connections were held mostly outside their query (think
+    time, application work): the pool, not the server, caps throughput there. None
+    otherwise."""
+    if knee.concurrency < capacity:
+        return None
+    hold = knee.hold_ms
+    if not hold > 0 or math.isnan(knee.query_p50):
+        return None
+    busy = knee.throughput_qps * hold / 1000.0
+    if busy >= POOL_BUSY_SHARE * capacity and knee.query_p50 < HOLD_OUTSIDE_QUERY * hold:
+        return busy
+    return None
+
+
 def find_knee(steps: Sequence[StepView], capacity: int, local_server: bool = False) -> Knee:
-    """The saturation knee of the closed-loop steps. ``local_server``: the server runs
-    on this machine, so a machine out of CPU limits both."""
+    """The saturation knee of the closed-loop steps.
+
+    ``local_server``: the server runs on this machine; it changes only the words: the
+    busy-machine check always applies, since the machine measured is the client's.
+    What limited the knee is judged over the plateau (every step at and above it), with
+    the largest client CPU and machine busy share seen there.
+    """
     closed = sorted(
         (s for s in steps if s.closed_loop and s.completed), key=lambda s: s.concurrency
     )
@@ -199,22 +269,42 @@ def find_knee(steps: Sequence[StepView], capacity: int, local_server: bool = Fal
             f"({top.throughput_qps:.0f} q/s vs {below:.0f} below): not saturated",
         )  # fmt: skip
     knee = next(s for s in closed if s.throughput_qps >= KNEE_SHARE * peak.throughput_qps)
-    host = knee.host_cpu_busy
-    if knee.client_cpu >= CLIENT_BOUND_CPU:
+    plateau = [s for s in closed if s.concurrency >= knee.concurrency]
+    cpu = max(s.client_cpu for s in plateau)
+    hosts = [s.host_cpu_busy for s in plateau if s.host_cpu_busy is not None]
+    host = max(hosts) if hosts else None
+    busy = _pool_plateau(knee, capacity)
+    if busy is not None:
+        limited_by = "pool"
+    elif cpu >= CLIENT_BOUND_CPU:
         limited_by = "client"
-    elif local_server and host is not None and host >= HOST_BOUND_CPU:
+    elif host is not None and host >= HOST_BOUND_CPU:
         limited_by = "host"
     elif knee.concurrency >= capacity:
         limited_by = "pool"
     else:
         limited_by = "server"
     growth_ms = top.response_p50 - knee.response_p50
-    why = {
-        "client": f"the load generator used {knee.client_cpu:.2f} of a core there",
-        "host": f"{(host or 0.0):.0%} of the machine's CPU was busy (client and local server)",
-        "pool": f"the pool's {capacity} connections were all busy",
-        "server": "connections and client CPU were to spare: the server is the limit",
-    }[limited_by]
+    if limited_by == "pool" and busy is not None:
+        why = (
+            f"the pool's {capacity} connections were all busy: each was held "
+            f"{knee.hold_ms:.1f} ms (query {knee.query_p50:.1f} ms), and "
+            f"{capacity} ÷ {knee.hold_ms:.1f} ms ≈ {capacity / knee.hold_ms * 1000.0:.0f} q/s "
+            "(Little's law)"
+        )
+    elif limited_by == "host":
+        where = (
+            "client and local server"
+            if local_server
+            else "the client's machine; the server is elsewhere"
+        )
+        why = f"{(host or 0.0):.0%} of the machine's CPU was busy on the plateau ({where})"
+    else:
+        why = {
+            "client": f"the load generator used up to {cpu:.2f} of a core on the plateau",
+            "pool": f"the pool's {capacity} connections were all busy",
+            "server": "connections and client CPU were to spare: the server is the limit",
+        }[limited_by]
     return Knee(
         concurrency=knee.concurrency,
         throughput_qps=knee.throughput_qps,
@@ -228,7 +318,71 @@ def find_knee(steps: Sequence[StepView], capacity: int, local_server: bool = Fal
             f"response time grows {growth_ms:.2f} ms up to concurrency {top.concurrency}; "
             f"{why}"
         ),
+        plateau_client_cpu=cpu,
+        plateau_host_busy=host,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Contention:
+    """Whether more connections than the knee cost throughput: the per-interval
+    throughput of the knee step against the capacity step (the step at the pool's
+    capacity, or the top step below it), one-sided Mann–Whitney.
+
+    significant: the capacity step is lower, at :data:`OVERSIZED_ALPHA`; drop: its
+    median throughput as a share below the knee's; None fields when there are too few
+    samples or no capacity step past the knee.
+    """
+
+    knee_concurrency: int | None
+    capacity_concurrency: int | None
+    p_value: float
+    drop: float
+    significant: bool
+    reason: str
+
+    def to_metrics(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _median_of(values: Sequence[float]) -> float:
+    data = sorted(values)
+    if not data:
+        return math.nan
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2.0
+
+
+def judge_contention(steps: Sequence[StepView], knee: Knee, capacity: int) -> Contention:
+    """Did the steps past the knee, up to the capacity, serve significantly less?"""
+    nan = math.nan
+    if knee.concurrency is None:
+        return Contention(None, None, nan, nan, False, "no knee")
+    closed = sorted(
+        (s for s in steps if s.closed_loop and s.completed), key=lambda s: s.concurrency
+    )
+    at_knee = next((s for s in closed if s.concurrency == knee.concurrency), None)
+    candidates = [s for s in closed if knee.concurrency < s.concurrency <= capacity]
+    if at_knee is None or not candidates:
+        return Contention(knee.concurrency, None, nan, nan, False, "no step past the knee")
+    cap = candidates[-1]
+    a, b = at_knee.throughput_samples, cap.throughput_samples
+    if len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES:
+        return Contention(
+            knee.concurrency, cap.concurrency, nan, nan, False,
+            f"too few per-interval samples ({len(a)} and {len(b)}; {MIN_SAMPLES} needed)",
+        )  # fmt: skip
+    test = mann_whitney_u(a, b)
+    lower = test.prob_new_greater < 0.5
+    p = test.p_value / 2.0 if lower else 1.0 - test.p_value / 2.0
+    m_knee, m_cap = _median_of(a), _median_of(b)
+    drop = (m_knee - m_cap) / m_knee if m_knee > 0 else nan
+    significant = p < OVERSIZED_ALPHA
+    reason = (
+        f"median per-interval throughput {m_knee:.0f} q/s at concurrency {knee.concurrency}, "
+        f"{m_cap:.0f} q/s at {cap.concurrency} (one-sided Mann-Whitney p={p:.3g})"
+    )
+    return Contention(knee.concurrency, cap.concurrency, p, drop, significant, reason)
 
 
 # -- exhaustion ------------------------------------------------------------------------
@@ -246,11 +400,12 @@ class StepExhaustion:
 
 @dataclasses.dataclass(frozen=True)
 class Exhaustion:
-    """Whether the pool ran out: requests timed out waiting, or waits grew without
-    bound. first_concurrency (first_offered_rate for an open-loop step): the lightest
-    step where it happened, closed-loop steps first; steps: every such
-    step; severity: error when it happened at or below twice the capacity (or in open
-    loop), warning above."""
+    """Whether the pool ran out: requests timed out waiting, or (open loop only) the
+    queue grew without bound. first_concurrency (first_offered_rate for an open-loop
+    step): the lightest step where it happened, closed-loop steps first; steps: every
+    such step; severity: error when it happened at or below twice the capacity, or in
+    open loop with the client and its machine not saturated; warning otherwise. The
+    reason gives the first step's figures and, when they differ, the total."""
 
     exhausted: bool
     first_concurrency: int | None
@@ -279,31 +434,43 @@ def _rising(series: Sequence[float], alpha: float = TREND_ALPHA) -> bool:
     return mann_kendall(values).p_increasing < alpha
 
 
-def _unbounded(step: StepView, timeout_ms: float) -> str:
-    if step.offered_rate is not None:
-        shortfall = step.throughput_qps < OPEN_LOOP_SHORTFALL * step.offered_rate
-        if shortfall and (step.backlog > 0 or _rising(step.interval_response_p50, 0.05)):
-            return (
-                f"completed {step.throughput_qps:.0f} of {step.offered_rate:.0f} requests/s "
-                f"offered; the queue grew (backlog {step.backlog}, response time rising "
-                "through the step)"
-            )
+def _unbounded(step: StepView) -> str:
+    """An open-loop step whose queue grew without bound. A closed loop cannot grow one:
+    with N workers on C connections a wait is bounded by about (N/C − 1) hold times, so
+    there timeouts are the only sign of exhaustion."""
+    if step.offered_rate is None:
         return ""
-    waits = [v for v in step.interval_wait_p50 if not math.isnan(v)]
-    if waits and _rising(waits) and waits[-1] >= 0.5 * timeout_ms:
+    shortfall = step.throughput_qps < OPEN_LOOP_SHORTFALL * step.offered_rate
+    if shortfall and step.window_s > 0:
+        # Poisson arrivals: a short window at a low rate sees fewer arrivals than the
+        # rate by chance (25 expected, 22 seen is one standard deviation). A shortfall
+        # must exceed three standard deviations of the arrival count.
+        expected = step.offered_rate * step.window_s
+        shortfall = step.completed < OPEN_LOOP_SHORTFALL * expected - 3.0 * math.sqrt(expected)
+    if shortfall and (step.backlog > 0 or _rising(step.interval_response_p50, 0.05)):
         return (
-            f"acquire wait rose through the step to {waits[-1]:.1f} ms, half the "
-            f"{timeout_ms:.0f} ms timeout"
+            f"completed {step.throughput_qps:.0f} of {step.offered_rate:.0f} requests/s "
+            f"offered; the queue grew (backlog {step.backlog}, response time rising "
+            "through the step)"
         )
+    return ""
+
+
+def _client_limited(step: StepView) -> str:
+    """Why this step's client, or the machine it runs on, may be the limit ("" if not)."""
+    if step.client_cpu >= CLIENT_BOUND_CPU:
+        return f"the load generator used {step.client_cpu:.2f} of a core"
+    if step.host_cpu_busy is not None and step.host_cpu_busy >= HOST_BOUND_CPU:
+        return f"{step.host_cpu_busy:.0%} of the client machine's CPU was busy"
     return ""
 
 
 def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float) -> Exhaustion:
     """Pool exhaustion across the steps (closed loop by concurrency, then open loop)."""
-    timeout_ms = timeout_s * 1000.0
     found: list[StepExhaustion] = []
+    client_limited: list[bool] = []
     for step in steps:
-        unbounded = _unbounded(step, timeout_ms)
+        unbounded = _unbounded(step)
         if not step.timeouts and not unbounded:
             continue
         parts = []
@@ -314,11 +481,18 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
             )
         if unbounded:
             parts.append(unbounded)
-        if step.client_cpu >= CLIENT_BOUND_CPU:
-            parts.append(
-                f"the load generator used {step.client_cpu:.2f} of a core in this step, so "
-                "part of it may be the client falling behind"
+        limited = (
+            _client_limited(step)
+            if step.offered_rate is not None
+            else (
+                f"the load generator used {step.client_cpu:.2f} of a core"
+                if step.client_cpu >= CLIENT_BOUND_CPU
+                else ""
             )
+        )
+        if limited:
+            parts.append(f"{limited} in this step, so part of it may be the client falling behind")
+        client_limited.append(bool(limited) and not step.timeouts)
         found.append(
             StepExhaustion(
                 concurrency=step.concurrency,
@@ -333,8 +507,12 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
         return Exhaustion(False, None, None, None, 0, (), "no timeouts and no unbounded waits")
     closed = [s for s in found if s.offered_rate is None]
     first = min(closed, key=lambda s: s.concurrency) if closed else found[0]
+    # An open-loop shortfall while the client (or its machine) was the limit may be the
+    # client falling behind, not the pool: a warning that names the client.
     severe = any(
-        s.offered_rate is not None or s.concurrency <= EXHAUSTION_MULTIPLE * capacity for s in found
+        (s.offered_rate is not None and not limited)
+        or (s.offered_rate is None and s.concurrency <= EXHAUSTION_MULTIPLE * capacity)
+        for s, limited in zip(found, client_limited, strict=True)
     )
     where = (
         f"at concurrency {first.concurrency} ({first.concurrency / capacity:.1f}× its "
@@ -342,14 +520,20 @@ def judge_exhaustion(steps: Sequence[StepView], capacity: int, timeout_s: float)
         if first.offered_rate is None
         else f"at {first.offered_rate:g} requests/s offered"
     )
+    total = sum(s.timeouts for s in found)
+    overall = (
+        f"; {total} timeouts in all over {len(found)} steps"
+        if total != first.timeouts or len(found) > 1
+        else ""
+    )
     return Exhaustion(
         exhausted=True,
         first_concurrency=first.concurrency,
         first_offered_rate=first.offered_rate,
         severity=Severity.ERROR if severe else Severity.WARNING,
-        timeouts=sum(s.timeouts for s in found),
+        timeouts=total,
         steps=tuple(found),
-        reason=f"{where}: {first.reason}",
+        reason=f"{where}: {first.reason}{overall}",
     )
 
 
@@ -376,8 +560,14 @@ def hang_slack_ms(timeout_s: float) -> float:
 
 
 def judge_degradation(
-    steps: Sequence[StepView], spike: SpikeView | None, timeout_s: float
+    steps: Sequence[StepView],
+    spike: SpikeView | None,
+    timeout_s: float,
+    background_refusals: int = 0,
 ) -> Degradation:
+    """``background_refusals``: connection attempts the pool made on its own outside the
+    steps (its end-of-run statistics) that failed; each step's own are in its
+    ``pool_refusals``."""
     timeout_ms = timeout_s * 1000.0
     limit = timeout_ms + hang_slack_ms(timeout_s)
     reasons: list[str] = []
@@ -406,6 +596,19 @@ def judge_degradation(
     if errors:
         listed = ", ".join(f"{k} ×{n}" for k, n in sorted(errors.items()))
         reasons.append(f"requests failed with errors other than clean pool timeouts: {listed}")
+    refused = sum(s.pool_refusals for s in steps) + background_refusals
+    if refused:
+        errors["pool-connect-failed"] = errors.get("pool-connect-failed", 0) + refused
+        timeouts = sum(s.timeouts for s in steps) + (spike.timeouts if spike else 0)
+        reasons.append(
+            f"the pool's own connection attempts failed {refused} time(s) (the server "
+            "refused them, e.g. too many clients: connections_errors in the pool's stats)"
+            + (
+                f"; the {timeouts} timeout(s) may be these refusals rather than a busy pool"
+                if timeouts
+                else ""
+            )
+        )
     hung = sum(s.unfinished_workers for s in steps) + (spike.unfinished_workers if spike else 0)
     if hung:
         reasons.append(f"{hung} workers were still stuck in a request after the drain cap")
@@ -485,11 +688,18 @@ def advise_sizing(
     spindles: int,
     instances: int,
     budget: int | None,
+    contention: Contention | None = None,
 ) -> Sizing:
+    """``contention``: whether more connections than a server-limited knee served
+    measurably less (:func:`judge_contention`); without that evidence the advice does
+    not ask for a smaller pool."""
     formula = server_cores * 2 + spindles if server_cores else None
     formula_text = (
         f"the usual formula (cores × 2 + spindles = {server_cores} × 2 + {spindles}) gives "
-        f"{formula}"
+        f"{formula} ACTIVE connections on the database server (busy in a query), for the "
+        "whole fleet; a connection held while the application thinks or waits on other "
+        "I/O is not active there, so the pool must hold throughput × hold time "
+        "connections (Little's law)"
         if formula
         else "the server's core count is unknown (pass --server-cores for the formula)"
     )
@@ -510,6 +720,14 @@ def advise_sizing(
             "the load generator saturated before the pool or the server did, so this run "
             "cannot size the pool: run the load from more processes or machines; "
             f"{formula_text}"
+        )
+    elif knee.limited_by == "server" and (contention is None or not contention.significant):
+        recommended = None
+        tested = f" ({contention.reason})" if contention is not None and contention.reason else ""
+        advice = (
+            f"throughput flattens from about {knee.concurrency} connections with the server "
+            f"the limit, but more connections did not serve measurably less{tested}: this "
+            f"run gives no reason to change the capacity of {capacity}; {formula_text}"
         )
     elif knee.limited_by == "server":
         recommended = knee.concurrency
@@ -579,6 +797,23 @@ class PoolVerdicts:
     client: ClientLoad
     sizing: Sizing
     soak: tuple[Growth, ...] = ()
+    contention: Contention | None = None
+
+    @property
+    def oversized(self) -> bool:
+        """``pool-oversized``: a server-limited knee well below the capacity, the client
+        and its machine not saturated, and the capacity step measurably slower than the
+        knee step (contention, not noise)."""
+        knee = self.knee
+        return (
+            knee.concurrency is not None
+            and knee.limited_by == "server"
+            and not self.client.bound
+            and self.capacity >= OVERSIZED_RATIO * knee.concurrency
+            and self.capacity - knee.concurrency >= 2
+            and self.contention is not None
+            and self.contention.significant
+        )
 
     def to_metrics(self) -> dict[str, Any]:
         return {
@@ -586,6 +821,7 @@ class PoolVerdicts:
             "degradation": self.degradation.to_metrics(),
             "client_bound": self.client.to_metrics(),
             "sizing": self.sizing.to_metrics(),
+            "contention": self.contention.to_metrics() if self.contention else None,
             "soak": {g.series: g.to_metrics() for g in self.soak},
         }
 
@@ -607,13 +843,20 @@ def judge_pool(
     spike = SpikeView.from_metrics(metrics["spike"]) if metrics.get("spike") else None
     knee = find_knee(steps, capacity, local_server)
     soak = metrics.get("soak")
+    run_stats = metrics.get("stats")
+    contention = judge_contention(steps, knee, capacity)
     return PoolVerdicts(
         pool=pool,
         capacity=capacity,
         timeout_s=timeout_s,
         knee=knee,
         exhaustion=judge_exhaustion(steps, capacity, timeout_s),
-        degradation=judge_degradation(steps, spike, timeout_s),
+        degradation=judge_degradation(
+            steps,
+            spike,
+            timeout_s,
+            background_refusals=pool_refusals(run_stats if isinstance(run_stats, dict) else None),
+        ),
         client=judge_client(steps),
         sizing=advise_sizing(
             knee,
@@ -622,8 +865,10 @@ def judge_pool(
             spindles=spindles,
             instances=instances,
             budget=budget,
+            contention=contention,
         ),
         soak=tuple(judge_soak(soak["series"])) if soak and soak.get("series") else (),
+        contention=contention,
     )
 
 
@@ -690,21 +935,20 @@ def pool_findings(v: PoolVerdicts) -> list[Finding]:
             )
         )
     knee = v.knee
-    if (
-        knee.concurrency is not None
-        and knee.limited_by == "server"
-        and v.capacity >= OVERSIZED_RATIO * knee.concurrency
-        and v.capacity - knee.concurrency >= 2
-    ):
+    if v.oversized and knee.concurrency is not None and v.contention is not None:
         out.append(
             RULES["pool-oversized"].finding(
                 f"{pool} pool has {v.capacity} connections but throughput peaks at "
-                f"{knee.concurrency} ({knee.throughput_qps:.0f} q/s); the rest only add "
-                "contention inside the server",
+                f"{knee.concurrency} ({knee.throughput_qps:.0f} q/s); more connections "
+                f"served less: {v.contention.reason}",
                 f"size the pool near {knee.concurrency} (pool_size/max_size) and let "
                 "requests queue for a connection; " + v.sizing.advice,
                 fingerprint=f"pool-oversized:{pool}",
-                evidence={"knee": knee.to_metrics(), "sizing": v.sizing.to_metrics()},
+                evidence={
+                    "knee": knee.to_metrics(),
+                    "sizing": v.sizing.to_metrics(),
+                    "contention": v.contention.to_metrics(),
+                },
             )
         )
     sizing = v.sizing
@@ -715,9 +959,12 @@ def pool_findings(v: PoolVerdicts) -> list[Finding]:
                 f"{sizing.fleet_connections} connections, over the server's budget of "
                 f"{sizing.budget} (max_connections minus reserved slots)",
                 f"at this capacity the server holds {sizing.max_instances} instance(s): "
-                "lower size + overflow per instance, raise max_connections, or put a "
-                "connection pooler (PgBouncer, transaction mode) between the fleet and the "
-                "server",
+                "prefer a connection pooler (PgBouncer, transaction mode) between the fleet "
+                "and the server, or lower size + overflow per instance. Raising "
+                "max_connections needs a restart and costs memory: a few MB per backend "
+                "plus work_mem for every sort or hash node of every running query "
+                "(× connections); and more active backends than about 2-4 × the server's "
+                "cores only add contention",
                 fingerprint=f"pool-over-budget:{pool}",
                 evidence=sizing.to_metrics(),
             )

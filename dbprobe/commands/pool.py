@@ -149,7 +149,7 @@ def pool(
     latency per concurrency step, open-loop queueing, a spike and its recovery, an
     optional soak, with verdicts (knee, exhaustion, degradation, client-bound, sizing)."""
     from dbprobe.pool.config import StressConfig, Workload, parse_pools
-    from dbprobe.pool.runner import stress
+    from dbprobe.pool.runner import Interrupted, stress
     from dbprobe.urls import parse_url
 
     if fmt not in RENDERERS:
@@ -189,7 +189,13 @@ def pool(
         + (f", rates {', '.join(f'{r:g}' for r in config.rates)}/s" if config.rates else "")
         + f" (about {config.estimated_seconds(len(kinds)):.0f}s)"
     )
-    report = stress(target, kinds, config=config, workload=workload, progress=progress.update)
+    try:
+        report = stress(target, kinds, config=config, workload=workload, progress=progress.update)
+    except Interrupted as exc:
+        # every pool is closed by now; show what was measured before Ctrl-C
+        for line in exc.done:
+            click.echo(f"dbprobe pool: before the interrupt: {line}", err=True)
+        raise
     ctx.exit(finish(report, fmt, output, fail_on))
 
 

@@ -158,7 +158,17 @@ class SqlalchemyAsyncAdapter(AsyncPoolAdapter):
         return self.engine
 
     async def acquire(self, timeout: float | None = None) -> Any:
-        return await self.engine.connect()
+        if timeout is None:
+            return await self.engine.connect()
+        # A per-call timeout (the warm-up's connect timeout) needs the pool's own
+        # timeout changed for this checkout; QueuePool reads it on every wait.
+        pool: Any = self.engine.pool
+        saved = pool._timeout
+        pool._timeout = timeout
+        try:
+            return await self.engine.connect()
+        finally:
+            pool._timeout = saved
 
     async def release(self, conn: Any) -> None:
         await conn.close()
@@ -209,7 +219,33 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
             name=self.application_name,
             open=False,
         )
+        self.count_checkouts()
         await self.pool.open(wait=False)
+
+    def count_checkouts(self) -> None:
+        """Count connections handed out and not yet returned by wrapping the pool
+        instance's ``getconn``/``putconn`` (``pool.connection()`` goes through them too,
+        so pool-level workloads are counted). The pool's own ``pool_size`` also counts a
+        slot it is still reconnecting in the background (a refused connection is retried
+        for ``reconnect_timeout``), which is not a checkout. A set: add and discard are
+        atomic under the GIL, for threads too."""
+        self.out: set[int] = set()
+        out = self.out
+        pool: Any = self.pool
+        original_get = pool.getconn
+        original_put = pool.putconn
+
+        async def getconn(timeout: float | None = None) -> Any:
+            conn = await original_get(timeout)
+            out.add(id(conn))
+            return conn
+
+        async def putconn(conn: Any) -> None:
+            out.discard(id(conn))
+            await original_put(conn)
+
+        pool.getconn = getconn  # instance attributes, on purpose
+        pool.putconn = putconn
 
     @property
     def handle(self) -> Any:
@@ -235,8 +271,7 @@ class PsycopgAsyncAdapter(AsyncPoolAdapter):
         await self.pool.close(timeout=2.0)
 
     def checked_out(self) -> int:
-        stats = self.pool.get_stats()
-        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+        return len(self.out)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.pool.get_stats())
@@ -307,6 +342,24 @@ class AsyncpgAdapter(AsyncPoolAdapter):
 
 # -- workers ---------------------------------------------------------------------------
 
+# Think time longer than this sleeps in slices, so a stop (end of step, time cap,
+# abort) is seen within one slice.
+THINK_SLICE_S = 0.05
+
+
+async def think(control: RunControl, seconds: float) -> None:
+    """Hold the connection ``seconds`` (the request's think time), cut short when the
+    run stops or runs out of time."""
+    if seconds <= THINK_SLICE_S:
+        await asleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while not control.stop and not control.out_of_time:
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        await asleep(min(THINK_SLICE_S, left))
+
 
 async def closed_worker(
     adapter: AsyncPoolAdapter, rec: Recorder | SoakRecorder, control: RunControl, think_s: float
@@ -335,7 +388,7 @@ async def closed_worker(
             await run(conn)
             t2 = clock()
             if think_s:
-                await asleep(think_s)
+                await think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -371,7 +424,7 @@ async def pool_level_worker(
             continue
         t2 = clock()
         if think_s:
-            await asleep(think_s)
+            await think(control, think_s)
         rec.ok(t0, t0, t2, clock())
 
 
@@ -413,7 +466,7 @@ async def open_worker(
             await run(conn)
             t2 = clock()
             if think_s:
-                await asleep(think_s)
+                await think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -457,7 +510,7 @@ async def one_shot_worker(
         await adapter.run(conn)
         t2 = clock()
         if think_s:
-            await asleep(think_s)
+            await think(control, think_s)
     except Exception as exc:
         failure = exc
     try:
@@ -642,6 +695,14 @@ class AsyncDriver:
                 done = min(total - 1, round((clock() - begin) / TICK_S))
                 self.progress(label, done, total)
 
+    def drain_time(self, cap: float | None = None) -> float:
+        """How long workers get to finish after a phase: ``cap`` (default the config's
+        drain cap), but no later than the run's time cap (at least one second, so the
+        pool can still be closed cleanly)."""
+        cap = self.config.drain_cap_s if cap is None else cap
+        left = self.control.deadline - time.perf_counter()
+        return max(1.0, min(cap, left))
+
     async def check_server(self) -> None:
         """A worker saw a failure that may mean the server is gone: ask the monitor."""
         control = self.control
@@ -711,14 +772,15 @@ class AsyncDriver:
             await self.wait_until(window_end, label, begin, window_end)
             cpu1, wall1, host1 = time.process_time(), clock(), host_cpu_times()
             window_end = min(window_end, wall1)
-            backlog = schedule.backlog(window_end) if schedule is not None else 0
+            overdue = schedule.overdue(window_end) if schedule is not None else []
         finally:
             control.stop = True
-            unfinished = await workers.join(cfg.drain_cap_s)
+            drain_s = self.drain_time()
+            unfinished = await workers.join(drain_s)
         if self.progress is not None:
             self.progress(label, 1, 1)
         if unfinished and control.abort is None:
-            control.abort = f"{unfinished} workers did not finish within {cfg.drain_cap_s:g}s"
+            control.abort = f"{unfinished} workers did not finish within {drain_s:g}s"
             self.result.aborted = control.abort
         return summarise(
             recorders,
@@ -728,7 +790,8 @@ class AsyncDriver:
             host_cpu_busy=host_busy_share(host0, host1),
             offered_rate=rate,
             late_after_s=cfg.timeout_s,
-            backlog=backlog,
+            backlog=len(overdue),
+            unstarted_due=overdue,
             unfinished_workers=unfinished,
             server_backends=backends,
             pool_stats=self.adapter.step_stats(),
@@ -761,7 +824,7 @@ class AsyncDriver:
             ready_by = clock() + 5.0
             while len(flags.ready) < requests and clock() < ready_by:
                 await asleep(0.002)
-            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            cap = self.drain_time(cfg.timeout_s + cfg.think_s + cfg.drain_cap_s)
             fired = clock()
             flags.deadline = fired + cap
             go.set()
@@ -787,9 +850,16 @@ class AsyncDriver:
 
     def probe_threshold_s(self) -> float:
         """A probe counts as served without waiting below twice the p99 acquire wait of
-        the lightest step (at least 1 ms)."""
+        the lightest step within the capacity (at least 1 ms; 1 ms when every step was
+        past the capacity, where waits are queueing, not the pool's own cost)."""
         lightest = min(
-            (s for s in self.result.steps if s.offered_rate is None and s.acquire_wait.n),
+            (
+                s
+                for s in self.result.steps
+                if s.offered_rate is None
+                and s.acquire_wait.n
+                and s.concurrency <= self.config.capacity
+            ),
             key=lambda s: s.concurrency,
             default=None,
         )
@@ -845,7 +915,7 @@ class AsyncDriver:
                     self.progress(label, min(tick, total), total)
         finally:
             control.stop = True
-            unfinished = await workers.join(cfg.drain_cap_s)
+            unfinished = await workers.join(self.drain_time())
         return summarise_soak(
             recorders,
             samples,

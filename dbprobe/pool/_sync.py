@@ -115,7 +115,7 @@ class PoolAdapter:
 
 
 class SqlalchemyAdapter(PoolAdapter):
-    """SQLAlchemy ``AsyncEngine`` with its default ``AsyncAdaptedQueuePool``.
+    """SQLAlchemy ``Engine`` with its default ``QueuePool``.
 
     ``pool_size=size``, ``max_overflow=overflow``, ``pool_timeout=timeout``; a request is
     ``engine.connect()``, ``execute``, ``commit``, ``close``.
@@ -144,7 +144,15 @@ class SqlalchemyAdapter(PoolAdapter):
         return self.engine
 
     def acquire(self, timeout: float | None = None) -> Any:
-        return self.engine.connect()
+        if timeout is None:
+            return self.engine.connect()
+        pool: Any = self.engine.pool
+        saved = pool._timeout
+        pool._timeout = timeout
+        try:
+            return self.engine.connect()
+        finally:
+            pool._timeout = saved
 
     def release(self, conn: Any) -> None:
         conn.close()
@@ -195,7 +203,33 @@ class PsycopgAdapter(PoolAdapter):
             name=self.application_name,
             open=False,
         )
+        self.count_checkouts()
         self.pool.open(wait=False)
+
+    def count_checkouts(self) -> None:
+        """Count connections handed out and not yet returned by wrapping the pool
+        instance's ``getconn``/``putconn`` (``pool.connection()`` goes through them too,
+        so pool-level workloads are counted). The pool's own ``pool_size`` also counts a
+        slot it is still reconnecting in the background (a refused connection is retried
+        for ``reconnect_timeout``), which is not a checkout. A set: add and discard are
+        atomic under the GIL, for threads too."""
+        self.out: set[int] = set()
+        out = self.out
+        pool: Any = self.pool
+        original_get = pool.getconn
+        original_put = pool.putconn
+
+        def getconn(timeout: float | None = None) -> Any:
+            conn = original_get(timeout)
+            out.add(id(conn))
+            return conn
+
+        def putconn(conn: Any) -> None:
+            out.discard(id(conn))
+            original_put(conn)
+
+        pool.getconn = getconn
+        pool.putconn = putconn
 
     @property
     def handle(self) -> Any:
@@ -221,14 +255,30 @@ class PsycopgAdapter(PoolAdapter):
         self.pool.close(timeout=2.0)
 
     def checked_out(self) -> int:
-        stats = self.pool.get_stats()
-        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+        return len(self.out)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.pool.get_stats())
 
     def step_stats(self) -> dict[str, Any]:
         return dict(self.pool.pop_stats())
+
+
+THINK_SLICE_S = 0.05
+
+
+def think(control: RunControl, seconds: float) -> None:
+    """Hold the connection ``seconds`` (the request's think time), cut short when the
+    run stops or runs out of time."""
+    if seconds <= THINK_SLICE_S:
+        sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while not control.stop and (not control.out_of_time):
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        sleep(min(THINK_SLICE_S, left))
 
 
 def closed_worker(
@@ -258,7 +308,7 @@ def closed_worker(
             run(conn)
             t2 = clock()
             if think_s:
-                sleep(think_s)
+                think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -294,7 +344,7 @@ def pool_level_worker(
             continue
         t2 = clock()
         if think_s:
-            sleep(think_s)
+            think(control, think_s)
         rec.ok(t0, t0, t2, clock())
 
 
@@ -332,7 +382,7 @@ def open_worker(
             run(conn)
             t2 = clock()
             if think_s:
-                sleep(think_s)
+                think(control, think_s)
         except Exception as exc:
             failure = exc
         try:
@@ -376,7 +426,7 @@ def one_shot_worker(
         adapter.run(conn)
         t2 = clock()
         if think_s:
-            sleep(think_s)
+            think(control, think_s)
     except Exception as exc:
         failure = exc
     try:
@@ -556,6 +606,14 @@ class Driver:
                 done = min(total - 1, round((clock() - begin) / TICK_S))
                 self.progress(label, done, total)
 
+    def drain_time(self, cap: float | None = None) -> float:
+        """How long workers get to finish after a phase: ``cap`` (default the config's
+        drain cap), but no later than the run's time cap (at least one second, so the
+        pool can still be closed cleanly)."""
+        cap = self.config.drain_cap_s if cap is None else cap
+        left = self.control.deadline - time.perf_counter()
+        return max(1.0, min(cap, left))
+
     def check_server(self) -> None:
         """A worker saw a failure that may mean the server is gone: ask the monitor."""
         control = self.control
@@ -625,14 +683,15 @@ class Driver:
             self.wait_until(window_end, label, begin, window_end)
             cpu1, wall1, host1 = (time.process_time(), clock(), host_cpu_times())
             window_end = min(window_end, wall1)
-            backlog = schedule.backlog(window_end) if schedule is not None else 0
+            overdue = schedule.overdue(window_end) if schedule is not None else []
         finally:
             control.stop = True
-            unfinished = workers.join(cfg.drain_cap_s)
+            drain_s = self.drain_time()
+            unfinished = workers.join(drain_s)
         if self.progress is not None:
             self.progress(label, 1, 1)
         if unfinished and control.abort is None:
-            control.abort = f"{unfinished} workers did not finish within {cfg.drain_cap_s:g}s"
+            control.abort = f"{unfinished} workers did not finish within {drain_s:g}s"
             self.result.aborted = control.abort
         return summarise(
             recorders,
@@ -642,7 +701,8 @@ class Driver:
             host_cpu_busy=host_busy_share(host0, host1),
             offered_rate=rate,
             late_after_s=cfg.timeout_s,
-            backlog=backlog,
+            backlog=len(overdue),
+            unstarted_due=overdue,
             unfinished_workers=unfinished,
             server_backends=backends,
             pool_stats=self.adapter.step_stats(),
@@ -675,7 +735,7 @@ class Driver:
             ready_by = clock() + 5.0
             while len(flags.ready) < requests and clock() < ready_by:
                 sleep(0.002)
-            cap = cfg.timeout_s + cfg.think_s + cfg.drain_cap_s
+            cap = self.drain_time(cfg.timeout_s + cfg.think_s + cfg.drain_cap_s)
             fired = clock()
             flags.deadline = fired + cap
             go.set()
@@ -701,9 +761,16 @@ class Driver:
 
     def probe_threshold_s(self) -> float:
         """A probe counts as served without waiting below twice the p99 acquire wait of
-        the lightest step (at least 1 ms)."""
+        the lightest step within the capacity (at least 1 ms; 1 ms when every step was
+        past the capacity, where waits are queueing, not the pool's own cost)."""
         lightest = min(
-            (s for s in self.result.steps if s.offered_rate is None and s.acquire_wait.n),
+            (
+                s
+                for s in self.result.steps
+                if s.offered_rate is None
+                and s.acquire_wait.n
+                and (s.concurrency <= self.config.capacity)
+            ),
             key=lambda s: s.concurrency,
             default=None,
         )
@@ -759,7 +826,7 @@ class Driver:
                     self.progress(label, min(tick, total), total)
         finally:
             control.stop = True
-            unfinished = workers.join(cfg.drain_cap_s)
+            unfinished = workers.join(self.drain_time())
         return summarise_soak(
             recorders,
             samples,

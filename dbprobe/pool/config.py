@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -170,6 +171,19 @@ class Workload:
         return self.sql
 
 
+MAX_WORKERS = 1000
+"""Most concurrent requests (closed-loop workers, open-loop requests in flight, spike,
+soak): each is a thread for the threaded pools."""
+MAX_RATE = 1_000_000.0
+"""Highest open-loop rate, requests/s (one Python process serves a few thousand)."""
+MAX_ARRIVALS = 2_000_000
+"""Most scheduled arrivals in one open-loop step (rate × its length): the schedule is
+built before the step."""
+MAX_THINK_STEPS = 10.0
+"""``--think-ms`` may be at most this many times the longer of the step and the
+timeout: a request holding its connection longer than that measures nothing."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StressConfig:
     """Pool sizes, load shapes, safety limits.
@@ -216,6 +230,18 @@ class StressConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        floats = {
+            "--timeout": self.timeout_s,
+            "--step-seconds": self.step_seconds,
+            "--think-ms": self.think_ms,
+            "--soak": self.soak_s,
+            "--sample-interval": self.sample_interval_s,
+            "--max-seconds": self.max_total_s,
+            "--connect-timeout": self.connect_timeout_s,
+        }
+        for option, value in [*floats.items(), *(("--rate", r) for r in self.rates)]:
+            if not math.isfinite(value):
+                raise UsageError(f"{option} must be a finite number, not {value}")
         if self.size < 1:
             raise UsageError("--size must be at least 1")
         if self.overflow < 0:
@@ -231,10 +257,40 @@ class StressConfig:
             )
         if any(not r > 0 for r in self.rates):
             raise UsageError("--rate values must be more than 0 requests/s")
+        if any(r > MAX_RATE for r in self.rates):
+            raise UsageError(f"--rate values must be at most {MAX_RATE:,.0f} requests/s")
+        arrivals = max(self.rates, default=0.0) * (self.warmup_s + self.step_seconds)
+        if arrivals > MAX_ARRIVALS:
+            raise UsageError(
+                f"--rate × --step-seconds schedules {arrivals:,.0f} arrivals in one step; "
+                f"at most {MAX_ARRIVALS:,} (lower the rate or the step length)"
+            )
         if self.think_ms < 0:
             raise UsageError("--think-ms must be 0 or more")
+        longest = MAX_THINK_STEPS * max(self.step_seconds, self.timeout_s)
+        if self.think_ms / 1000.0 > longest:
+            raise UsageError(
+                f"--think-ms {self.think_ms:g} holds each connection longer than "
+                f"{MAX_THINK_STEPS:g} × the longer of the step and the timeout "
+                f"({longest:g}s): no request would finish inside a step"
+            )
         if self.spike is not None and self.spike < 0:
             raise UsageError("--spike must be 0 or more")
+        for option, count in (
+            ("--max-concurrency", self.top_concurrency),
+            ("--spike", self.spike_requests),
+            ("--soak-concurrency", self.soak_concurrency or 0),
+            ("the concurrency steps", max(self.steps or (0,))),
+        ):
+            if count > MAX_WORKERS:
+                raise UsageError(
+                    f"{option} {count} is over the ceiling of {MAX_WORKERS} concurrent "
+                    "requests (a thread each for the threaded pools): run several probes"
+                )
+        if self.server_cores is not None and self.server_cores < 1:
+            raise UsageError("--server-cores must be at least 1")
+        if self.spindles < 0:
+            raise UsageError("--spindles must be 0 or more")
         if self.soak_s < 0:
             raise UsageError("--soak must be 0 or more seconds")
         if not self.sample_interval_s > 0:

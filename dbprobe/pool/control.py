@@ -94,9 +94,13 @@ class Schedule:
     def backlog(self, at: float) -> int:
         """Slots due before ``at`` that no worker has taken (an unbounded queue grows
         this). Takes one slot number, which is harmless once the window is over."""
+        return len(self.overdue(at))
+
+    def overdue(self, at: float) -> list[float]:
+        """Due times (``perf_counter`` s) of the slots due before ``at`` that no worker
+        has taken. Takes one slot number, which is harmless once the window is over."""
         taken = self._next()
-        due = sum(1 for t in self.times if t < at)
-        return max(0, due - taken)
+        return [t for t in self.times[taken:] if t < at]
 
 
 class SpikeFlags:

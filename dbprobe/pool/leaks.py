@@ -51,7 +51,6 @@ _LIBRARY_DIRS = tuple(
 )
 _DBPROBE_DIR = str(Path(__file__).resolve().parent.parent)
 _MAX_STACK = 16
-_LIBRARY_CONTEXT = 3
 
 
 def _is_library(filename: str) -> bool:
@@ -88,21 +87,44 @@ def capture_stack(skip: int = 1) -> list[_FrameInfo]:
     return frames
 
 
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+def _project_root(path: str) -> str | None:
+    """The nearest directory above ``path`` holding a project marker (pyproject.toml,
+    setup.py, setup.cfg, .git), or None."""
+    parent = Path(path).parent
+    for directory in (parent, *parent.parents):
+        if any((directory / marker).exists() for marker in _PROJECT_MARKERS):
+            return str(directory)
+    return None
+
+
 def _relative(filename: str) -> str:
+    """A file relative to the current directory when below it, else to its own
+    project's root (so a location and its fingerprint do not depend on where the
+    project is checked out); absolute only when neither applies."""
     path = os.path.abspath(filename)
     cwd = os.getcwd()
-    return os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
+    if path.startswith(cwd + os.sep):
+        return Path(os.path.relpath(path, cwd)).as_posix()
+    root = _project_root(path)
+    if root is not None and root != os.sep:
+        return Path(os.path.relpath(path, root)).as_posix()
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckoutLeak:
     """A checkout not returned by the end of the scope.
 
-    location: the innermost application frame (``file:line``) that checked it out;
-    function: that frame's function; stack: application and library frames from the
-    outermost in, ``file:line in function``; held_ms: how long it had been out;
-    backend_pid: its server process; in_transaction: the driver's own view; server_state,
-    xact_age_s, last_query: from ``pg_stat_activity`` (None when not looked up).
+    location: the innermost application frame (``file:line``, relative to the current
+    directory or the file's project root) that checked it out; function: that frame's
+    function; stack: the application frames from the outermost in,
+    ``file:line in function`` (library and dbprobe frames left out); held_ms: how long
+    it had been out; backend_pid: its server process; in_transaction: the driver's own
+    view; server_state, xact_age_s, last_query: from ``pg_stat_activity`` (None when not
+    looked up).
     """
 
     pool: str
@@ -139,6 +161,7 @@ class LeakScope:
         self.dsn = dsn
         self.checkouts = 0
         self.returned = 0
+        self.detached = 0
         self.leaks: list[CheckoutLeak] = []
         self._open: dict[int, _Checkout] = {}
         self._lock = threading.Lock()
@@ -156,6 +179,12 @@ class LeakScope:
             if self._open.pop(key, None) is not None:
                 self.returned += 1
 
+    def detach(self, key: int) -> None:
+        """The checkout left the pool on purpose (detached): no longer tracked."""
+        with self._lock:
+            if self._open.pop(key, None) is not None:
+                self.detached += 1
+
     # -- results -----------------------------------------------------------------------
     def _finish(self, server_check: bool) -> None:
         now = time.perf_counter()
@@ -170,11 +199,9 @@ class LeakScope:
     def _leak(self, c: _Checkout, now: float) -> CheckoutLeak:
         pid, in_tx = connection_state(c.connection)
         frames = [f for f in c.frames if not f[0].startswith("<")]
-        at = next((i for i, f in enumerate(frames) if not _is_library(f[0])), None)
-        app = frames[at] if at is not None else None
-        # A few library frames inside the application frame, then outwards from it.
-        first = max(0, (at or 0) - _LIBRARY_CONTEXT)
-        shown = frames[first : first + _MAX_STACK]
+        application = [f for f in frames if not _is_library(f[0])]
+        app = application[0] if application else None
+        shown = application[:_MAX_STACK]
         location = f"{_relative(app[0])}:{app[1]}" if app else None
         code = (linecache.getline(app[0], app[1]).strip() or None) if app else None
         return CheckoutLeak(
@@ -331,12 +358,18 @@ def _track_sqlalchemy(obj: Any, scope: LeakScope) -> Iterator[None]:
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         scope.checkin(id(record))
 
-    event.listen(pool, "checkout", on_checkout)
-    event.listen(pool, "checkin", on_checkin)
+    def on_detach(dbapi_connection: Any, record: Any) -> None:
+        # Connection.detach(): the connection leaves the pool for good, closed by its
+        # owner; it will never be checked in and is not a leak.
+        scope.detach(id(record))
+
+    hooks = (("checkout", on_checkout), ("checkin", on_checkin), ("detach", on_detach))
+    for name, fn in hooks:
+        event.listen(pool, name, fn)
     try:
         yield
     finally:
-        for name, fn in (("checkout", on_checkout), ("checkin", on_checkin)):
+        for name, fn in hooks:
             with contextlib.suppress(Exception):
                 event.remove(engine.pool, name, fn)
             if engine.pool is not pool:

@@ -220,6 +220,13 @@ class StepResult:
     (this process, a local server, anything else); interval_*: per-interval medians (ms)
     for trend tests; late: open-loop requests that started more than one ``timeout``
     behind schedule; backlog: scheduled requests not started when the window closed;
+    censored (open loop): requests due before the window closed and not finished by
+    then (the backlog plus those in flight); each is in ``response_time`` at its wait so
+    far (window end minus due time), a lower bound, so with ``censored`` > 0 the
+    response percentiles are lower bounds too; ``response_time_served`` has the served
+    requests alone; acquire_wait_with_timeouts: acquire waits of served and timed-out
+    requests (a timed-out wait is a lower bound on the wait it would have had);
+    timeout_share: timeouts over attempted requests (served + timed out + failed);
     unfinished_workers: workers still busy after the drain cap; server_backends: the
     pool's sessions on the server near the end of the window; pool_stats: the pool's own
     statistics for the step (psycopg_pool ``pop_stats()``; current sizes for the others).
@@ -249,6 +256,19 @@ class StepResult:
     pool_stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     host_cpu_busy: float | None = None
     timeout_kinds: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    censored: int = 0
+    response_time_served: Distribution | None = None
+    acquire_wait_with_timeouts: Distribution | None = None
+
+    @property
+    def attempted(self) -> int:
+        """Requests that got an answer in the window: served, timed out or failed."""
+        return self.completed + self.timeouts + sum(self.errors.values())
+
+    @property
+    def timeout_share(self) -> float:
+        """Timeouts over attempted requests (0.0 when none were attempted)."""
+        return self.timeouts / self.attempted if self.attempted else 0.0
 
     def to_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -262,6 +282,9 @@ class StepResult:
             "query_latency": self.query_latency,
             "response_time": self.response_time,
             "timeouts": self.timeouts,
+            "attempted": self.attempted,
+            "timeout_share": round(self.timeout_share, 6),
+            "acquire_wait_with_timeouts": self.acquire_wait_with_timeouts,
             "timeout_kinds": dict(self.timeout_kinds),
             "timeout_wait": self.timeout_wait,
             "errors": dict(self.errors),
@@ -278,6 +301,8 @@ class StepResult:
             out["lag"] = self.lag
             out["late"] = self.late
             out["backlog"] = self.backlog
+            out["censored"] = self.censored
+            out["response_time_served"] = self.response_time_served
         return out
 
 
@@ -309,11 +334,15 @@ def summarise(
     pool_stats: Mapping[str, Any] | None = None,
     acquire_wait_measured: bool = True,
     host_cpu_busy: float | None = None,
+    unstarted_due: Sequence[float] = (),
 ) -> StepResult:
     """Turn the workers' raw timestamps into a :class:`StepResult`.
 
     Only requests that finished inside ``window`` (``perf_counter`` seconds) count;
-    failures count when they surfaced inside it. ``acquire_wait_measured`` is False for
+    failures count when they surfaced inside it. Open loop: requests due before the
+    window's end and not finished by then (in flight, or never started:
+    ``unstarted_due``, their due times) are censored samples of the response time, at
+    their wait so far (window end minus due time). ``acquire_wait_measured`` is False for
     pool-level workloads, whose acquire wait is inside the call: the distribution is
     then empty rather than a column of zeros.
     """
@@ -331,12 +360,15 @@ def summarise(
     lags: list[float] = []
     late = 0
     scheduled = offered_rate is not None
+    censored = [(end - due) * 1000.0 for due in unstarted_due if due < end] if scheduled else []
     for rec in recorders:
         t0s, t1s, t2s, t3s = rec.t0, rec.t1, rec.t2, rec.t3
         scheds = rec.sched if scheduled else t0s
         for i in range(len(t3s)):
             t3 = t3s[i]
             if not start <= t3 < end:
+                if scheduled and t3 >= end and scheds[i] < end:
+                    censored.append((end - scheds[i]) * 1000.0)
                 continue
             t0, t1 = t0s[i], t1s[i]
             wait = (t1 - t0) * 1000.0
@@ -368,6 +400,7 @@ def summarise(
             else:
                 errors[kind] = errors.get(kind, 0) + 1
     completed = len(waits)
+    with_timeouts = [*waits, *timeout_waits] if acquire_wait_measured else []
     return StepResult(
         concurrency=concurrency,
         offered_rate=offered_rate,
@@ -377,7 +410,7 @@ def summarise(
         throughput_qps=completed / window_s,
         acquire_wait=distribution(waits if acquire_wait_measured else ()),
         query_latency=distribution(queries),
-        response_time=distribution(responses),
+        response_time=distribution([*responses, *censored]),
         timeouts=timeouts,
         timeout_wait=distribution(timeout_waits),
         errors=errors,
@@ -393,4 +426,7 @@ def summarise(
         pool_stats=dict(pool_stats or {}),
         host_cpu_busy=host_cpu_busy,
         timeout_kinds=timeout_kinds,
+        censored=len(censored),
+        response_time_served=distribution(responses) if scheduled else None,
+        acquire_wait_with_timeouts=distribution(with_timeouts),
     )

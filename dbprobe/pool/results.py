@@ -39,9 +39,12 @@ class WarmupResult:
 class SpikeResult:
     """``requests`` fired at the same instant at an idle pool.
 
-    drain_ms: from the fire to the last spike request's end; recover_ms: from the fire
-    until the pool served a probe request without waiting (acquire wait at most
-    ``probe_threshold_ms``) and kept doing so; None when it never did within the cap.
+    drain_ms: from the fire to the last spike request's end; probe_recover_ms: from the
+    fire until the pool served a probe request without waiting (acquire wait at most
+    ``probe_threshold_ms``) and kept doing so; recover_ms: the later of the two (a pool
+    that is not a FIFO queue can serve the probe ahead of the spike, so a fast probe
+    alone does not mean the spike is over); None when the probe never was fast and
+    sustained within the cap.
     """
 
     requests: int
@@ -57,6 +60,7 @@ class SpikeResult:
     probes: int
     unfinished_workers: int
     server_backends: int | None = None
+    probe_recover_ms: float | None = None
 
     @property
     def recovered(self) -> bool:
@@ -73,6 +77,7 @@ class SpikeResult:
             "timeout_wait": self.timeout_wait,
             "drain_ms": _r(self.drain_ms),
             "recover_ms": _r(self.recover_ms),
+            "probe_recover_ms": _r(self.probe_recover_ms),
             "recovered": self.recovered,
             "probe_threshold_ms": round(self.probe_threshold_ms, 4),
             "probes": self.probes,
@@ -118,7 +123,7 @@ def summarise_spike(
     events = [(t1, t1 - t0 <= threshold_s) for t0, t1 in zip(probe.t0, probe.t1, strict=True)]
     events += [(f1, False) for f1 in probe.fail_end]
     events.sort()
-    recover_ms: float | None = None
+    probe_recover_ms: float | None = None
     fast_run: list[float] = []
     for when, fast in events:
         if fast:
@@ -126,7 +131,11 @@ def summarise_spike(
         else:
             fast_run = []
     if len(fast_run) >= 3 or (fast_run and len(fast_run) == len(events)):
-        recover_ms = max(0.0, (fast_run[0] - fired_at) * 1000.0)
+        probe_recover_ms = max(0.0, (fast_run[0] - fired_at) * 1000.0)
+    drain_ms = None if last_end is None else (last_end - fired_at) * 1000.0
+    recover_ms = probe_recover_ms
+    if recover_ms is not None and drain_ms is not None:
+        recover_ms = max(recover_ms, drain_ms)
     return SpikeResult(
         requests=len(spike),
         completed=len(waits),
@@ -135,8 +144,9 @@ def summarise_spike(
         acquire_wait=distribution(waits),
         response_time=distribution(responses),
         timeout_wait=distribution(timeout_waits),
-        drain_ms=None if last_end is None else (last_end - fired_at) * 1000.0,
+        drain_ms=drain_ms,
         recover_ms=recover_ms,
+        probe_recover_ms=probe_recover_ms,
         probe_threshold_ms=threshold_s * 1000.0,
         probes=len(events),
         unfinished_workers=unfinished_workers,

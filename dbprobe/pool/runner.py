@@ -24,7 +24,7 @@ from dbprobe.errors import ConnectError, DbprobeError, UsageError
 from dbprobe.pool import _async, _sync
 from dbprobe.pool.config import ASYNC_KINDS, POOL_CLASSES, StressConfig, Workload, parse_pools
 from dbprobe.pool.control import ProgressFn, RunControl
-from dbprobe.pool.failures import FATAL_KINDS, classify_acquire, is_timeout
+from dbprobe.pool.failures import FATAL_KINDS, classify_acquire, classify_run, is_timeout
 from dbprobe.pool.results import PoolRun
 from dbprobe.pool.server import ServerFacts, ServerMonitor
 from dbprobe.report.model import Finding, Report, Target
@@ -42,6 +42,9 @@ ADAPTERS: dict[str, type[Any]] = {
 }
 
 _DRIVER_LOGGERS = ("psycopg.pool", "asyncpg", "asyncpg.pool", "sqlalchemy.pool")
+CENSORED_SHARE = 0.01
+"""An open-loop step with more than this share of its due requests unserved at the
+window's end reports its response percentiles as lower bounds (``≥``)."""
 _CONNECT_KINDS = FATAL_KINDS | {"too-many-clients", "authentication-failed", "does-not-exist"}
 
 
@@ -81,9 +84,43 @@ def check_budget(facts: ServerFacts, config: StressConfig) -> None:
         )
 
 
+def lost_cause(exc: BaseException, target: DatabaseTarget) -> str:
+    """One line for the failure that revealed a server gone mid-run: a connection that
+    was open and failed is "connection lost" (asyncpg's "cannot switch to state …;
+    another operation is in progress" is one), not "cannot connect"."""
+    if classify_run(exc) == "connection-lost":
+        return f"connection to {target.masked()} lost ({type(exc).__name__})"
+    return str(connect_error(exc, target))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return mask_secrets(text[0] if text else type(exc).__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after every pool was closed; ``done`` holds one line per pool
+    finished and per step measured before it, for the command to show."""
+
+    def __init__(self, done: Sequence[str]) -> None:
+        super().__init__("interrupted")
+        self.done = list(done)
+
+
+def _step_lines(kind: str, run: PoolRun) -> list[str]:
+    lines = []
+    for step in run.steps:
+        what = (
+            f"concurrency {step.concurrency}"
+            if step.offered_rate is None
+            else f"open loop {step.offered_rate:g}/s"
+        )
+        lines.append(
+            f"{kind} {what}: {step.throughput_qps:,.0f} q/s, acquire p99 "
+            f"{step.acquire_wait.p99:.2f} ms, response p99 {step.response_time.p99:.2f} ms, "
+            f"{step.timeouts} timeouts (n={step.completed})"
+        )
+    return lines
 
 
 def run_pool(
@@ -98,12 +135,18 @@ def run_pool(
 ) -> PoolRun:
     """Drive one pool through the plan (threads or asyncio by its kind)."""
     adapter = ADAPTERS[kind](target, config, workload, app_name)
+    driver: _async.AsyncDriver | _sync.Driver | None = None
     try:
         if kind in ASYNC_KINDS:
             driver = _async.AsyncDriver(adapter, config, monitor, control, progress)
             return asyncio.run(driver.drive())
-        return _sync.Driver(adapter, config, monitor, control, progress).drive()
-    except (DbprobeError, KeyboardInterrupt):
+        driver = _sync.Driver(adapter, config, monitor, control, progress)
+        return driver.drive()
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(_step_lines(kind, driver.result) if driver else []) from None
+    except DbprobeError:
         raise
     except Exception as exc:
         failure = classify_acquire(exc)
@@ -207,17 +250,31 @@ def _summary_line(kind: str, run: PoolRun, verdicts: PoolVerdicts) -> str:
     for step in run.steps:
         if step.offered_rate is None:
             continue
+        due = step.completed + step.censored
+        if step.censored and step.censored > CENSORED_SHARE * due:
+            p99 = (
+                f"p99 ≥ {step.response_time.p99:.1f} ms from the scheduled start "
+                f"({step.censored} of {due} requests due were not served by the window's "
+                "end and count at their wait so far)"
+            )
+        else:
+            p99 = f"p99 {step.response_time.p99:.1f} ms from the scheduled start"
         parts.append(
-            f"open loop {step.offered_rate:g}/s: {step.throughput_qps:,.0f}/s served, response "
-            f"p99 {step.response_time.p99:.1f} ms from the scheduled start, backlog "
-            f"{step.backlog}"
+            f"open loop {step.offered_rate:g}/s: {step.throughput_qps:,.0f}/s served, "
+            f"response {p99}, backlog {step.backlog}"
         )
     if run.spike is not None:
-        rec = run.spike.recover_ms
-        parts.append(
-            f"spike of {run.spike.requests}: "
-            + (f"recovered in {rec:.0f} ms" if rec is not None else "did not recover")
-        )
+        spike = run.spike
+        rec = spike.recover_ms
+        if rec is None:
+            parts.append(f"spike of {spike.requests}: did not recover")
+        else:
+            drain = "-" if spike.drain_ms is None else f"{spike.drain_ms:.0f}"
+            probe = "-" if spike.probe_recover_ms is None else f"{spike.probe_recover_ms:.0f}"
+            parts.append(
+                f"spike of {spike.requests}: recovered in {rec:.0f} ms (drained in {drain} "
+                f"ms, probe served without waiting from {probe} ms)"
+            )
     return "; ".join(parts)
 
 
@@ -264,13 +321,15 @@ def stress(
             name = application_name(kind, token)
             try:
                 run = run_pool(kind, target, config, workload, monitor, control, name, progress)
+            except Interrupted as exc:
+                raise Interrupted([*report.notes, *exc.done]) from None
             finally:
                 leftover = monitor.wait_closed(name) if monitor.alive else None
             if run.aborted is not None and not monitor.ping():
                 cause = run.abort_error or ConnectionError("the server went away")
                 raise ConnectError(
                     f"the server went away during the {kind} pool run "
-                    f"(after {len(run.steps)} steps): {connect_error(cause, target)}; "
+                    f"(after {len(run.steps)} steps): {lost_cause(cause, target)}; "
                     "every pooled connection was closed"
                 )
             tree = _pool_metrics(run, config, workload)
@@ -294,6 +353,11 @@ def stress(
             report.notes.append(_summary_line(kind, run, verdicts))
             if run.stopped_early or run.aborted:
                 report.notes.append(f"{kind}: stopped early: {run.stopped_early or run.aborted}")
+    if not metrics:
+        raise UsageError(
+            f"the --max-seconds cap of {config.max_total_s:g}s was reached before any pool "
+            "ran: nothing was measured"
+        )
     report.metrics = {
         "pool": metrics,
         "pool_run": {
@@ -311,6 +375,14 @@ def stress(
         f"{config.think_ms:g} ms, steps of {config.step_seconds:g}s after "
         f"{config.warmup_s:g}s warm-up",
     )
+    if "asyncpg" in kinds and len(kinds) > 1 and not config.autocommit:
+        report.notes.insert(
+            1,
+            "query latency is not comparable across pools: the SQLAlchemy and psycopg "
+            "pools run BEGIN, the statement and COMMIT (three round trips), asyncpg runs "
+            "the statement alone in autocommit (one); pass --autocommit to compare like "
+            "with like",
+        )
     report.extend(_dedupe(findings))
     report.duration_s = time.perf_counter() - t0
     return report
@@ -353,4 +425,4 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-__all__ = ["ADAPTERS", "application_name", "check_budget", "stress"]
+__all__ = ["ADAPTERS", "Interrupted", "application_name", "check_budget", "stress"]

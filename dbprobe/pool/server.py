@@ -9,9 +9,12 @@ be counted, and proven gone at the end.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import itertools
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -74,10 +77,57 @@ class ServerFacts:
         }
 
 
+def own_addresses() -> frozenset[str]:
+    """This machine's own IP addresses: those of its host name, and on Linux every
+    address assigned to an interface (``/proc/net/fib_trie`` local routes,
+    ``/proc/net/if_inet6``)."""
+    found: set[str] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(str(info[4][0]))
+    except OSError:
+        pass
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        lines = []
+    for before, line in itertools.pairwise(lines):
+        if "/32 host LOCAL" in line:
+            found.add(before.strip().lstrip("|-+ ").strip())
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(str(ipaddress.IPv6Address(int(raw, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(a.split("%", maxsplit=1)[0] for a in found)
+
+
+def is_local_address(address: str, own: frozenset[str] = frozenset()) -> bool:
+    """Whether an IP address is this machine: all of 127.0.0.0/8, ``::1``, IPv4-mapped
+    loopback, unspecified (0.0.0.0, ``::``), or one of ``own``."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified or str(ip) in own
+
+
 def is_local(target: DatabaseTarget) -> bool:
-    """Whether the server runs on this machine (loopback or a unix socket)."""
+    """Whether the server runs on this machine: a unix socket, or a host whose
+    addresses are all loopback (127.0.0.0/8, ``::1``) or this machine's own. A name
+    is resolved; when it cannot be, it is taken as remote."""
     host = target.host or ""
-    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+    if host in ("", "localhost") or host.startswith("/") or host.startswith("@"):
+        return True
+    own = own_addresses()
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, target.port or 5432)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(is_local_address(a, own) for a in addresses)
 
 
 @dataclasses.dataclass(frozen=True)
