@@ -24,6 +24,15 @@ SARIF_KEY = "dbprobe.sarif_unlocated"
 
 def _remember_save(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
+        # --save takes an optional DIR: written before the database URL, it would take
+        # the URL for its directory (and maybe leave a password in a folder name)
+        if "://" in value or "=" in value or value.startswith("postgres"):
+            raise click.BadParameter(
+                "that looks like a database URL, not a directory: write --save after "
+                "the URL, or --save=DIR",
+                ctx=ctx,
+                param=param,
+            )
         ctx.meta[SAVE_KEY] = value
 
 

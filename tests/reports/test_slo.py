@@ -274,3 +274,16 @@ def test_percentile_upper_bound_is_an_order_statistic() -> None:
     many = [float(v) for v in range(1, 20001)]
     assert 19000 < percentile_upper_bound(many, 95) < 19100
     assert percentile_upper_bound([], 95) != percentile_upper_bound([], 95)  # NaN
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://app:s3cret-pw@127.0.0.1:1/shop", "host=127.0.0.1 password=s3cret-pw"]
+)
+def test_save_before_the_url_is_refused_without_showing_it(url: str, tmp_path: Path) -> None:
+    # --save takes an optional directory: written before the URL it would swallow it
+    result = run_cli("audit", "--save", url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--save" in result.stderr and "after the URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert not (tmp_path / ".dbprobe").exists() and list(tmp_path.iterdir()) == []
