@@ -169,7 +169,9 @@ def run_audit(
             f"statement_timeout={opts.statement_timeout_ms} ms, lock_timeout="
             f"{opts.lock_timeout_ms} ms); EXPLAIN without ANALYZE"
             + (
-                "; real indexes built and rolled back on a separate session (--disposable)"
+                "; index advice verified with hypopg where the database has it, otherwise "
+                "with real indexes built and rolled back on a separate session (--disposable); "
+                "each finding says which"
                 if real_conn is not None
                 else "; no DDL or DML"
             )
