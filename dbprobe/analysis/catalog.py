@@ -143,6 +143,19 @@ class IndexColumn:
     def is_expression(self) -> bool:
         return self.name is None
 
+    def decorated(self, text: str) -> str:
+        """``text`` (the column as written) with what distinguishes this index column:
+        a non-default collation or operator class, and a non-default order."""
+        if self.collation:
+            text += f" COLLATE {quote_ident(self.collation)}"
+        if self.opclass and not self.opclass_default:
+            text += f" {self.opclass}"
+        if self.descending:
+            text += " DESC" + ("" if self.nulls_first else " NULLS LAST")
+        elif self.nulls_first:
+            text += " NULLS FIRST"
+        return text
+
     def equivalent(self, other: IndexColumn) -> bool:
         """Same column or expression, operator class, collation and ordering."""
         return (
@@ -219,16 +232,7 @@ class IndexInfo:
         created_at DESC)``, ``(c COLLATE "C")``, ``(c text_pattern_ops) INCLUDE (b)``."""
         parts = []
         for c in self.key_columns:
-            text = c.definition
-            if c.collation:
-                text += f" COLLATE {quote_ident(c.collation)}"
-            if c.opclass and not c.opclass_default:
-                text += f" {c.opclass}"
-            if c.descending:
-                text += " DESC" + ("" if c.nulls_first else " NULLS LAST")
-            elif c.nulls_first:
-                text += " NULLS FIRST"
-            parts.append(text)
+            parts.append(c.decorated(c.definition))
         text = "(" + ", ".join(parts) + ")"
         if self.include_columns:
             text += " INCLUDE (" + ", ".join(quote_ident(c) for c in self.include_columns) + ")"
@@ -243,16 +247,9 @@ class IndexInfo:
         method only when it is not a B-tree)."""
         parts = []
         for c in self.key_columns:
-            text = quote_ident(c.name) if c.name is not None else f"({c.definition})"
-            if c.collation:
-                text += f" COLLATE {quote_ident(c.collation)}"
-            if c.opclass and not c.opclass_default:
-                text += f" {c.opclass}"
-            if c.descending:
-                text += " DESC" + ("" if c.nulls_first else " NULLS LAST")
-            elif c.nulls_first:
-                text += " NULLS FIRST"
-            parts.append(text)
+            parts.append(
+                c.decorated(quote_ident(c.name) if c.name is not None else f"({c.definition})")
+            )
         text = "USING " + self.method + " " if self.method != "btree" else ""
         text += "(" + ", ".join(parts) + ")"
         if self.include_columns:
